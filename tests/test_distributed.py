@@ -1,0 +1,129 @@
+"""Multi-process checks of minisiglip.distributed on gloo (CPU): ring and all-gather losses against the single-process
+full batch, DDP gradients, input errors, and dead or hanging peers. Workers live in this module so that
+`torch.multiprocessing.spawn` can pickle them (pytest puts tests/ on sys.path, and spawned children inherit it)."""
+import os
+import time
+import pytest
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel as DDP
+from minisiglip.losses import sigmoid_loss, softmax_loss, ScaleBias
+from minisiglip.distributed import LOSSES, _check_same_shape, loss_step, ring_sigmoid_loss, gather_softmax_loss, spawn
+
+B, D, SEED, CHUNK, SCALE, BIAS = 4, 5, 7, 3, 3.7, -2.3     # chunk 3 does not divide b = 4: a ragged last chunk
+
+
+def full_batch(method, W):
+    "Loss and gradients of W * L on the global batch loss_step draws (the sum of the rank losses, see the notebook)."
+    g = torch.Generator().manual_seed(SEED)
+    x, y = (F.normalize(torch.randn(W * B, D, generator=g, dtype=torch.float64), dim=-1).requires_grad_() for _ in range(2))
+    t, c = (torch.tensor(v, dtype=torch.float64, requires_grad=True) for v in (SCALE, BIAS))
+    loss = softmax_loss(x, y, t) if method == 'gather-softmax' else sigmoid_loss(x, y, t, c)
+    (W * loss).backward()
+    return loss.detach(), x.grad, y.grad, t.grad, c.grad
+
+
+def _every_method():
+    return [loss_step(m, B, D, SEED, CHUNK, SCALE, BIAS, torch.float64) for m in LOSSES]
+
+
+@pytest.mark.parametrize('W', [2, 3, 4])
+def test_losses_and_gradients_match_full_batch(W):
+    per_rank = spawn(_every_method, W)
+    for i, method in enumerate(LOSSES):
+        res = [r[i] for r in per_rank]
+        loss, gx, gy, gt, gc = full_batch(method, W)
+        torch.testing.assert_close(sum(r['loss'] for r in res) / W, loss, rtol=0, atol=1e-12)
+        for r in res:
+            sl = slice(r['rank'] * B, (r['rank'] + 1) * B)
+            torch.testing.assert_close(r['dzimg'], gx[sl], rtol=0, atol=1e-12)
+            torch.testing.assert_close(r['dztxt'], gy[sl], rtol=0, atol=1e-12)
+        torch.testing.assert_close(sum(r['dscale'] for r in res), gt, rtol=0, atol=1e-12)
+        if method != 'gather-softmax':
+            torch.testing.assert_close(sum(r['dbias'] for r in res), gc, rtol=0, atol=1e-12)
+            steps = W // 2 if method == 'ring-bidir' else W - 1
+            assert all(r['steps'] == steps for r in res)
+            assert all(r['bytes_sent'] == 2 * (W - 1) * B * D * 8 for r in res)   # W-1 text blocks out, W-1 gradients home
+
+
+def test_world_size_one_without_process_group():
+    assert not dist.is_initialized()
+    g = torch.Generator().manual_seed(0)
+    x, y = (F.normalize(torch.randn(5, 3, generator=g, dtype=torch.float64), dim=-1) for _ in range(2))
+    torch.testing.assert_close(ring_sigmoid_loss(x, y, SCALE, BIAS, chunk_size=2), sigmoid_loss(x, y, SCALE, BIAS))
+    torch.testing.assert_close(gather_softmax_loss(x, y, SCALE), softmax_loss(x, y, SCALE))
+
+
+class Tiny(nn.Module):
+    "Two linear towers and a learnable scale/bias: enough to check DDP's gradient averaging."
+    def __init__(self):
+        super().__init__()
+        self.img, self.txt, self.sb = nn.Linear(6, 4), nn.Linear(7, 4), ScaleBias(3., -2.)
+    def forward(self, a, t):
+        return (F.normalize(self.img(a), dim=-1), F.normalize(self.txt(t), dim=-1), *self.sb())
+
+
+def _model_and_data(W):
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(1)
+    return Tiny().double(), torch.randn(W * B, 6, generator=g, dtype=torch.float64), torch.randn(W * B, 7, generator=g, dtype=torch.float64)
+
+
+def _ddp_grads():
+    rank, W = dist.get_rank(), dist.get_world_size()
+    model, a, t = _model_and_data(W)
+    ddp, sl, out = DDP(model), slice(rank * B, (rank + 1) * B), []   # keep ddp alive: its reducer averages in backward
+    for bidirectional in (False, True):
+        model.zero_grad()
+        ring_sigmoid_loss(*ddp(a[sl], t[sl]), bidirectional=bidirectional, chunk_size=CHUNK).backward()
+        out.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    return out
+
+
+def test_ddp_gradients_equal_single_process_full_batch():
+    W = 3
+    model, a, t = _model_and_data(W)
+    sigmoid_loss(*model(a, t)).backward()
+    for per_direction in spawn(_ddp_grads, W):
+        for grads in per_direction:
+            for n, p in model.named_parameters(): torch.testing.assert_close(grads[n], p.grad, rtol=0, atol=1e-12, msg=n)
+
+
+def _bad_inputs():
+    rank = dist.get_rank()
+    x = F.normalize(torch.randn(3 + rank, 4, dtype=torch.float64), dim=-1)
+    msgs = []
+    try: ring_sigmoid_loss(x, x, 1., 0.)              # uneven b: every rank must refuse, before any exchange
+    except ValueError as e: msgs.append(str(e))
+    x = x[:3].clone().requires_grad_()
+    try: ((rank + 1) * ring_sigmoid_loss(x, x, 1., 0.)).backward()   # different gradient scale per rank
+    except RuntimeError as e: msgs.append(str(e))
+    return msgs
+
+
+def test_uneven_batches_and_unequal_backward_are_refused():
+    for rank, msgs in enumerate(spawn(_bad_inputs, 2)):
+        assert len(msgs) == 2
+        assert 'local batch sizes differ across ranks: b ranges from 3 to 4' in msgs[0] and f'this rank: {3 + rank}' in msgs[0]
+        assert 'different gradients' in msgs[1]
+
+
+def _lost_peer(mode):
+    x = F.normalize(torch.randn(4, 3), dim=-1)
+    if dist.get_rank() == 1:
+        _check_same_shape(x, None, 5.)                 # pass the input check, then leave the ring
+        if mode == 'hang': time.sleep(60)             # spawn terminates us once rank 0 has failed
+        os._exit(0)
+    ring_sigmoid_loss(x, x, 10., -10., timeout_s=3.)
+
+
+@pytest.mark.parametrize('mode', ['exit', 'hang'])
+def test_lost_peer_raises_naming_the_step(mode):
+    t0 = time.perf_counter()
+    with pytest.raises(Exception) as e: spawn(_lost_peer, 2, mode)
+    assert time.perf_counter() - t0 < 45
+    msg = str(e.value)
+    assert 'RuntimeError: ring step 1/1' in msg and 'rank 1' in msg, msg
+    if mode == 'hang': assert 'timed out after 3 s' in msg, msg
