@@ -1,0 +1,107 @@
+"""Training under torchrun with 2 CPU ranks, exact resume across processes, and the train/eval/demo commands.
+
+What a notebook cannot hold: separate processes launched the way users launch them (`torchrun ... minisiglip train`).
+Runs are a handful of steps of the tiny preset on a small shapes set, so the whole file takes about a minute."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = shutil.which('minisiglip') or str(Path(sys.executable).parent / 'minisiglip')
+TORCHRUN = shutil.which('torchrun') or str(Path(sys.executable).parent / 'torchrun')
+SMALL = ['--steps', '4', '--batch-size', '16', '--n-train', '64', '--warmup-steps', '1', '--eval-every', '2', '--ckpt-every', '2']
+ENV = {**os.environ, 'OMP_NUM_THREADS': '1'}   # two ranks share two cores
+
+
+def run(cmd: list[str]) -> subprocess.CompletedProcess:
+    "Run a command, failing the test with its output if it fails."
+    p = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=300)
+    assert p.returncode == 0, f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}"
+    return p
+
+
+def train_cmd(out: Path, *extra: str, world: int = 1) -> list[str]:
+    "`minisiglip train` on the small setting, directly or under torchrun with `world` CPU ranks."
+    args = ['train', *SMALL, '--out-dir', str(out), *extra]
+    if world == 1: return [SCRIPT, *args]
+    return [TORCHRUN, '--standalone', f'--nproc_per_node={world}', '--no-python', SCRIPT, *args]
+
+
+def history(out: Path) -> dict:
+    "The loss history saved in the newest checkpoint of a run folder."
+    from minisiglip.train import latest_checkpoint, read_state
+    return read_state(latest_checkpoint(out))['history']
+
+
+@pytest.fixture(scope='module')
+def runs(tmp_path_factory):
+    "One single-process and one 2-rank run of the same configuration, shared by the tests below."
+    root = tmp_path_factory.mktemp('runs')
+    run(train_cmd(root / 'single'))
+    run(train_cmd(root / 'ddp', world=2))
+    return root
+
+
+def test_two_ranks_match_one_process(runs):
+    "2 ranks x 8 pairs with the ring loss + DDP follow the same loss curve as 1 process x 16 pairs with the plain loss."
+    one, two = history(runs / 'single'), history(runs / 'ddp')
+    assert len(one['loss']) == len(two['loss']) == 4
+    assert one['loss'] == pytest.approx(two['loss'], abs=1e-4)
+    assert one['loss'][-1] < one['loss'][0]
+
+
+def test_two_rank_checkpoint_holds_both_rng_states(runs):
+    from minisiglip.train import latest_checkpoint, read_state
+    ckpt = latest_checkpoint(runs / 'ddp')
+    assert ckpt.name == 'ckpt_0000004'
+    assert sorted(p.name for p in ckpt.iterdir()) == ['model.safetensors', 'optimizer.safetensors', 'state.json']
+    assert len(read_state(ckpt)['rng']) == 2
+
+
+def test_two_rank_resume_is_exact(runs, tmp_path):
+    "Stopped at step 2 and resumed under torchrun, the run reproduces the uninterrupted 2-rank losses exactly."
+    run(train_cmd(tmp_path / 'r', '--stop-at', '2', world=2))
+    assert len(history(tmp_path / 'r')['loss']) == 2
+    run(train_cmd(tmp_path / 'r', '--resume', world=2))
+    assert history(tmp_path / 'r')['loss'] == history(runs / 'ddp')['loss']
+
+
+def test_resume_with_other_world_size_is_refused(runs, tmp_path):
+    shutil.copytree(runs / 'ddp', tmp_path / 'r')
+    p = subprocess.run(train_cmd(tmp_path / 'r', '--resume'), capture_output=True, text=True, env=ENV)
+    assert p.returncode != 0 and 'RNG states' in p.stderr
+
+
+def test_softmax_under_torchrun_matches_one_process(tmp_path):
+    "The all-gather softmax loss on 2 ranks equals CLIP's loss on the whole batch in one process."
+    run(train_cmd(tmp_path / 'one', '--loss', 'softmax'))
+    run(train_cmd(tmp_path / 'two', '--loss', 'softmax', world=2))
+    assert history(tmp_path / 'one')['loss'] == pytest.approx(history(tmp_path / 'two')['loss'], abs=1e-4)
+
+
+def test_train_refuses_to_overwrite(runs):
+    p = subprocess.run(train_cmd(runs / 'single'), capture_output=True, text=True, env=ENV)
+    assert p.returncode != 0 and 'already holds' in p.stderr
+
+
+def test_eval_command_writes_metrics(runs, tmp_path):
+    out = tmp_path / 'eval.json'
+    p = run([SCRIPT, 'eval', str(runs / 'single'), '--n', '60', '--json', str(out)])
+    metrics = json.loads(out.read_text())
+    assert metrics['step'] == 4
+    assert {'colour', 'shape', 'count', 'held_out_pairs'} <= set(metrics['zero_shot'])
+    assert {'i2t_r1', 't2i_r1', 'i2t_r10'} <= set(metrics['retrieval']) and metrics['retrieval']['n'] == 60
+    assert 'i2t_r1' in p.stdout
+
+
+def test_demo_command_writes_run_folder(tmp_path):
+    out = tmp_path / 'demo'
+    p = run([SCRIPT, 'demo', '--out', str(out), '--steps', '3', '--batch-size', '16', '--n-eval', '60'])
+    assert {'metrics.json', 'loss.png', 'similarity.png', 'zero_shot.png', 'ckpt_0000003'} <= {q.name for q in out.iterdir()}
+    metrics = json.loads((out / 'metrics.json').read_text())
+    assert {'zero_shot', 'retrieval', 'wall_s'} <= set(metrics)
+    assert 'zero-shot' in p.stdout
