@@ -191,8 +191,12 @@ def load_checkpoint(path: str | Path) -> tuple[SigLIP, Tokenizer, dict]:
     return model.eval(), Tokenizer.from_dict(state['tokenizer']), state
 
 # %% ../nbs/05_train.ipynb #03533368
-def rng_to_text(state: Tensor) -> str: return base64.b64encode(state.numpy().tobytes()).decode()
-def rng_from_text(text: str) -> Tensor: return torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8)
+def rng_to_text(state: Tensor) -> str:
+    "An RNG state (a uint8 tensor) as base64 text, so it can live in the JSON state without pickle."
+    return base64.b64encode(state.numpy().tobytes()).decode()
+def rng_from_text(text: str) -> Tensor:
+    "Inverse of `rng_to_text`: the uint8 RNG state tensor that `torch.set_rng_state` takes."
+    return torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8)
 
 # %% ../nbs/05_train.ipynb #c56814dd
 def check_finite(step: int, world: int, **tensors: Tensor) -> None:
