@@ -12,7 +12,8 @@ from torch import Tensor
 from .losses import ScaleBias
 
 # %% auto #0
-__all__ = ['PRESETS', 'SigLIPConfig', 'Attention', 'mlp', 'Block', 'MAPHead', 'Encoder', 'ViT', 'TextTransformer', 'SigLIP']
+__all__ = ['PRESETS', 'SigLIPConfig', 'Attention', 'mlp', 'Block', 'MAPHead', 'Encoder', 'conv_stem', 'ViT', 'TextTransformer',
+           'SigLIP']
 
 # %% ../nbs/04_model.ipynb #17c35d89
 @dataclass
@@ -21,6 +22,7 @@ class SigLIPConfig:
     # image tower
     image_size: int = 32        # input side in pixels (square RGB images)
     patch_size: int = 4         # patch side: (image_size / patch_size)**2 image tokens
+    vit_stem: int = 0           # 0: ViT's patchify (one strided conv); c > 0: a 3x3 conv stem starting at c channels (`conv_stem`)
     vit_width: int = 96         # token width of the image transformer
     vit_depth: int = 2          # number of transformer blocks
     vit_heads: int = 4          # attention heads (vit_width must divide by it)
@@ -40,6 +42,9 @@ class SigLIPConfig:
 
     def __post_init__(self):
         if self.image_size % self.patch_size: raise ValueError(f"image_size {self.image_size} must be a multiple of patch_size {self.patch_size}")
+        if self.vit_stem < 0: raise ValueError(f"vit_stem must be 0 (patchify) or a channel count > 0, got {self.vit_stem}")
+        if self.vit_stem and self.patch_size & (self.patch_size - 1):
+            raise ValueError(f"a conv stem (vit_stem > 0) halves the image log2(patch_size) times: patch_size must be a power of 2, got {self.patch_size}")
         for part in ('vit', 'txt'):
             w, h = getattr(self, f'{part}_width'), getattr(self, f'{part}_heads')
             if w % h: raise ValueError(f"{part}_width {w} must be a multiple of {part}_heads {h}")
@@ -54,7 +59,7 @@ class SigLIPConfig:
         return cls(**{**PRESETS[name], **overrides})
 
 PRESETS = {
-    'tiny':  dict(patch_size=4, vit_width=96, vit_depth=2, vit_heads=4, txt_width=96, txt_depth=2, txt_heads=4, embed_dim=96),
+    'tiny':  dict(patch_size=4, vit_stem=32, vit_width=96, vit_depth=2, vit_heads=4, txt_width=96, txt_depth=2, txt_heads=4, embed_dim=96),
     'small': dict(patch_size=4, vit_width=384, vit_depth=6, vit_heads=6, txt_width=384, txt_depth=6, txt_heads=6, embed_dim=384),
 }
 
@@ -120,13 +125,25 @@ class Encoder(nn.Module):
         for block in self.blocks: x = block(x, mask)
         return self.proj(self.head(self.ln(x), mask))               # (B, embed_dim), not normalised
 
+# %% ../nbs/04_model.ipynb #d431b836
+def conv_stem(channels: int, width: int, patch_size: int) -> nn.Sequential:
+    """Image -> `(B, width, S/patch_size, S/patch_size)` tokens, like a patchify conv, from overlapping 3x3 convolutions:
+    one to `channels`, then log2(patch_size) stride-2 ones doubling the channels, the last to `width` (Xiao et al. 2021)."""
+    n_down = patch_size.bit_length() - 1                               # patch_size = 2**n_down
+    chans = [channels * 2**i for i in range(n_down)] + [width]
+    layers = [nn.Conv2d(3, chans[0], kernel_size=3, padding=1)]
+    for c_in, c_out in zip(chans, chans[1:]):
+        layers += [nn.GELU(), nn.Conv2d(c_in, c_out, kernel_size=3, stride=2, padding=1)]
+    return nn.Sequential(*layers)
+
 # %% ../nbs/04_model.ipynb #1292f0b1
 class ViT(nn.Module):
-    "Image tower: patch embedding, learned positions, `Encoder`; images `(B, 3, S, S)` -> `(B, embed_dim)` (unnormalised)."
+    "Image tower: patchify or conv stem, learned positions, `Encoder`; images `(B, 3, S, S)` -> `(B, embed_dim)` (unnormalised)."
     def __init__(self, cfg: SigLIPConfig):
         super().__init__()
         self.image_size = cfg.image_size
-        self.patch = nn.Conv2d(3, cfg.vit_width, kernel_size=cfg.patch_size, stride=cfg.patch_size)
+        self.patch = (conv_stem(cfg.vit_stem, cfg.vit_width, cfg.patch_size) if cfg.vit_stem
+                      else nn.Conv2d(3, cfg.vit_width, kernel_size=cfg.patch_size, stride=cfg.patch_size))
         self.pos = nn.Parameter(torch.randn(1, (cfg.image_size // cfg.patch_size) ** 2, cfg.vit_width) * 0.02)
         self.encoder = Encoder(cfg.vit_width, cfg.vit_depth, cfg.vit_heads, cfg.embed_dim, cfg.mlp_ratio, cfg.dropout)
 
@@ -135,7 +152,7 @@ class ViT(nn.Module):
         if not isinstance(images, Tensor) or images.ndim != 4 or images.shape[1:] != (3, S, S):
             raise ValueError(f"images must be (B, 3, {S}, {S}), got {tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__}")
         if not images.is_floating_point(): raise ValueError(f"images must be floating point in [0, 1], got dtype {images.dtype}")
-        x = self.patch(images * 2 - 1).flatten(2).transpose(1, 2)   # [0, 1] -> [-1, 1]; (B, N patches, width)
+        x = self.patch(images * 2 - 1).flatten(2).transpose(1, 2)   # [0, 1] -> [-1, 1]; (B, N tokens, width)
         return self.encoder(x + self.pos)
 
 # %% ../nbs/04_model.ipynb #3bea1863
