@@ -20,6 +20,17 @@ from nbdev.serve import proc_nbs
 
 ROOT = Path(__file__).resolve().parent.parent
 DIRECTIVE = re.compile(r'^\s*#\|.*$\n?', re.M)
+SOURCE_LINK_ATTRS = '{target="_blank" style="float:right; font-size:smaller"}'   # quarto link attributes: literal text on GitHub
+
+
+def local_links(body: str, doc_url: str, pages: dict[str, str], prefix: str) -> str:
+    """Point nbdev's links to names (`{doc_url}/{module}.html#{name}`, pages quarto would publish) at our Markdown pages:
+    `{prefix}{notebook}.md#{anchor}`, the anchor as GitHub derives it from the `### name` heading (dots dropped)."""
+    def repl(m: re.Match) -> str:
+        page, anchor = m[1], m[2] or ''
+        if page not in pages: return m[0]
+        return f"{prefix}{pages[page]}.md" + (f"#{anchor.replace('.', '')}" if anchor else '')
+    return re.sub(re.escape(doc_url) + r'/([\w-]+)\.html(?:#([\w.-]+))?', repl, body).replace(SOURCE_LINK_ATTRS, '')
 
 
 def front_matter(nb) -> dict:
@@ -60,13 +71,17 @@ def build(out: Path) -> None:
     cfg = get_config()
     proc = proc_nbs(cfg.nbs_path, force=True, n_workers=0)
     docs = out / 'docs'; docs.mkdir(parents=True, exist_ok=True)
+    doc_url = cfg.doc_host.rstrip('/') + cfg.doc_baseurl.rstrip('/')
+    pages = {re.sub(r'^\d+[a-z]?_', '', p.stem): p.stem for p in proc.glob('*.ipynb') if p.stem != 'index'}   # 00_losses -> losses.html
     toc = []
     for nb_path in sorted(proc.glob('*.ipynb')):
         if nb_path.stem == 'index':
             body, images, _ = to_markdown(nb_path, 'index_files', 'docs/')
+            body = local_links(body, doc_url, pages, 'docs/')
             (out / 'README.md').write_text('<!-- generated from nbs/index.ipynb by .ci/make_docs.py: do not edit -->\n\n' + body)
         else:
             body, images, meta = to_markdown(nb_path, f'{nb_path.stem}_files', '')
+            body = local_links(body, doc_url, pages, '')
             (docs / f'{nb_path.stem}.md').write_text(f'<!-- generated from nbs/{nb_path.name} by .ci/make_docs.py: do not edit -->\n\n' + body)
             toc.append(f"| [{meta.get('title', nb_path.stem)}]({nb_path.stem}.md) | {meta.get('description', '')} |")
         for name, data in images.items():
