@@ -51,7 +51,10 @@ def demo(cfg: TrainConfig = DEMO_CONFIG, n_eval: int = 1000) -> dict:
     """Train `cfg` from scratch (replacing any checkpoint in `cfg.out_dir`), evaluate on `n_eval` validation
     pairs, write `metrics.json` and plots beside the checkpoint; returns the metrics."""
     out = Path(cfg.out_dir); out.mkdir(parents=True, exist_ok=True)
-    for old in out.glob(f'{CKPT_PREFIX}*'): shutil.rmtree(old)      # the demo owns its run folder
+    old = list(out.glob(f'{CKPT_PREFIX}*'))
+    if old and not (out / 'metrics.json').is_file():                 # only a folder an earlier demo wrote is the demo's to replace
+        raise FileExistsError(f"{out} holds checkpoints but no metrics.json: not a demo run folder; choose another --out")
+    for ckpt in old: shutil.rmtree(ckpt)
     t0 = time.perf_counter()
     _, state = train(cfg)
     train_s = time.perf_counter() - t0

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 import torch.nn.functional as F
 from .data import (COLOURS, SHAPES, SIZES, HELD_OUT, DIGIT_NAMES, DIGIT_TEMPLATES,
                              ShapesDataset, DigitsDataset, Tokenizer)
-from .train import load_checkpoint
+from .train import load_checkpoint, latest_checkpoint
 
 # %% auto #0
 __all__ = ['OBJECT_TEMPLATES', 'COUNT_TEMPLATES', 'zero_shot_accuracy', 'recall_at_k', 'embed', 'class_embeddings',
@@ -81,8 +81,8 @@ def task_prompts(task: str, n_fill: int = 30, seed: int = 0) -> dict[Hashable, l
     raise ValueError(f"unknown task {task!r}: expected colour, shape, pair, count or digit")
 
 # %% ../nbs/06_eval.ipynb #41df8a12
-def zero_shot_shapes(model: nn.Module, tok: Tokenizer, n: int = 500, seed: int = 0, image_size: int = 32) -> dict[str, float]:
-    "Zero-shot accuracies on shapes val scenes: colour, shape, count, and colour–shape pairs held out of / seen in training."
+def zero_shot_shapes(model: nn.Module, tok: Tokenizer, n: int = 500, seed: int = 0, image_size: int = 32) -> dict[str, float | None]:
+    "Zero-shot accuracies on shapes val scenes: colour, shape, count, and colour–shape pairs held out of / seen in training (None: no such scene among `n`)."
     single, multi = (ShapesDataset(n, 'val', seed=seed, image_size=image_size, max_objects=m) for m in (1, 3))
     zs, zm = embed(model, single.images), embed(model, multi.images)
     objs = [s[0] for s in single.scenes]
@@ -90,7 +90,8 @@ def zero_shot_shapes(model: nn.Module, tok: Tokenizer, n: int = 500, seed: int =
         prompts = task_prompts(task, seed=seed)
         y = torch.tensor([list(prompts).index(l) for l in labels])
         sim = z @ class_embeddings(model, tok, prompts).T
-        return zero_shot_accuracy(sim[keep], y[keep]) if keep is not None else zero_shot_accuracy(sim, y)
+        if keep is None: return zero_shot_accuracy(sim, y)
+        return zero_shot_accuracy(sim[keep], y[keep]) if keep.any() else None   # None, not NaN: metrics stay valid JSON
     pairs = [(o['colour'], o['shape']) for o in objs]
     held = torch.tensor([p in HELD_OUT for p in pairs])
     return {'colour': acc('colour', zs, [o['colour'] for o in objs]), 'shape': acc('shape', zs, [o['shape'] for o in objs]),
@@ -153,16 +154,17 @@ def plot_history(history: dict, ax=None):
 def add_eval_args(parser: argparse.ArgumentParser) -> None:
     "Flags of `minisiglip eval`."
     parser.add_argument('checkpoint', help='a run folder (its newest ckpt_*) or a checkpoint folder')
-    parser.add_argument('--n', type=int, default=1000, help='retrieval candidates (and 2x zero-shot images)')
-    parser.add_argument('--seed', type=int, default=0, help='seed of the generated validation data')
-    parser.add_argument('--json', default=None, help='where to write the metrics (default: eval.json beside the checkpoint)')
+    parser.add_argument('--n', type=int, default=1000, help='retrieval candidates (and n/2 zero-shot images)')
+    parser.add_argument('--seed', type=int, default=None, help="seed of the validation data (default: the run's own, so that digits are split as in training)")
+    parser.add_argument('--json', default=None, help='where to write the metrics (default: eval.json in the run folder)')
 
 def run_eval(args: argparse.Namespace) -> int:
     "`minisiglip eval`: load a checkpoint, evaluate it on its validation data, print and save the metrics."
     model, tok, state = load_checkpoint(args.checkpoint)
     cfg = state['config']
-    metrics = {'step': state['step'], **evaluate(model, tok, cfg['data'], args.n, args.seed, cfg['image_size'])}
-    out = Path(args.json) if args.json else Path(args.checkpoint) / 'eval.json'
+    seed = cfg['seed'] if args.seed is None else args.seed
+    metrics = {'step': state['step'], **evaluate(model, tok, cfg['data'], args.n, seed, cfg['image_size'])}
+    out = Path(args.json) if args.json else latest_checkpoint(args.checkpoint).parent / 'eval.json'   # not inside a ckpt_* a later save may delete
     out.write_text(json.dumps(metrics, indent=1))
     print(json.dumps(metrics, indent=1)); print(f'written to {out}')
     return 0

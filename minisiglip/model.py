@@ -129,6 +129,7 @@ class Encoder(nn.Module):
 def conv_stem(channels: int, width: int, patch_size: int) -> nn.Sequential:
     """Image -> `(B, width, S/patch_size, S/patch_size)` tokens, like a patchify conv, from overlapping 3x3 convolutions:
     one to `channels`, then log2(patch_size) stride-2 ones doubling the channels, the last to `width` (Xiao et al. 2021)."""
+    if patch_size < 1 or patch_size & (patch_size - 1): raise ValueError(f"conv_stem halves the image log2(patch_size) times: patch_size must be a power of 2, got {patch_size}")
     n_down = patch_size.bit_length() - 1                               # patch_size = 2**n_down
     chans = [channels * 2**i for i in range(n_down)] + [width]
     layers = [nn.Conv2d(3, chans[0], kernel_size=3, padding=1)]

@@ -245,13 +245,14 @@ def evaluate_loss(model: nn.Module, images: Tensor, tokens: Tensor, loss: str) -
     return out.item()
 
 # %% ../nbs/05_train.ipynb #296500bb
-def gather_rng(world: int) -> list[str]:
-    "Every rank's CPU RNG state (base64), gathered so that rank 0 can save all of them."
+def gather_rng(world: int, device: torch.device) -> list[str]:
+    """Every rank's CPU RNG state (base64), gathered so that rank 0 can save all of them. The states travel as tensors
+    on `device`: NCCL has no CPU transport, so under torchrun on GPUs a CPU all_gather would fail."""
     state = torch.get_rng_state()
     if world == 1: return [rng_to_text(state)]
-    states = [torch.empty_like(state) for _ in range(world)]
-    dist.all_gather(states, state)
-    return [rng_to_text(s) for s in states]
+    states = [torch.empty_like(state, device=device) for _ in range(world)]
+    dist.all_gather(states, state.to(device))
+    return [rng_to_text(s.cpu()) for s in states]
 
 # %% ../nbs/05_train.ipynb #d2272c8d
 def train(cfg: TrainConfig, resume: bool = False, stop_at: int | None = None) -> tuple[SigLIP, dict]:
@@ -264,6 +265,8 @@ def train(cfg: TrainConfig, resume: bool = False, stop_at: int | None = None) ->
 def _train(cfg: TrainConfig, resume: bool, stop_at: int | None, rank: int, world: int, device: torch.device) -> tuple[SigLIP, dict]:
     "The body of `train` once the process layout is known: build, maybe resume, loop, evaluate, checkpoint."
     train_ds, val_ds, tok = build_data(cfg)
+    if cfg.batch_size > len(train_ds):   # a batch would hold some pair twice, each copy a "negative" of the other
+        raise ValueError(f"batch_size {cfg.batch_size} exceeds the {len(train_ds)} training pairs of {cfg.data!r}")
     model = build_model(cfg, tok).to(device).train()
     optimizer = make_optimizer(model, cfg)
     state = {'step': 0, 'config': dataclasses.asdict(cfg), 'model_config': dataclasses.asdict(model.cfg),
@@ -274,6 +277,7 @@ def _train(cfg: TrainConfig, resume: bool, stop_at: int | None, rank: int, world
     if ckpt is not None:
         saved = read_state(ckpt)
         diff = sorted(k for k in state['config'] if k != 'out_dir' and saved['config'].get(k) != state['config'][k])
+        diff += sorted(f'model.{k}' for k in state['model_config'] if saved['model_config'].get(k) != state['model_config'][k])  # e.g. a preset changed
         if diff: raise ValueError(f"cannot resume {ckpt}: its config differs from this run's in {diff}")
         load_model(model, str(ckpt / 'model.safetensors'))
         optimizer.load_state_dict(optimizer_state(load_file(str(ckpt / 'optimizer.safetensors')), saved.pop('optimizer_param_groups')))
@@ -284,6 +288,7 @@ def _train(cfg: TrainConfig, resume: bool, stop_at: int | None, rank: int, world
     net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None) if world > 1 else model
     val_images, val_tokens = get_batch(val_ds, tok, torch.arange(min(len(val_ds), cfg.batch_size)), device)
     stop = min(cfg.steps, stop_at if stop_at is not None else cfg.steps)
+    if stop <= state['step']: raise ValueError(f"nothing to train: the run is at step {state['step']}, stop_at/steps is {stop}")
     bar = tqdm(range(state['step'], stop), initial=state['step'], total=cfg.steps, disable=rank != 0, mininterval=1, desc='train')
     for step in bar:
         images, tokens = get_batch(train_ds, tok, batch_indices(cfg.seed, step, len(train_ds), cfg.batch_size, rank, world), device)
@@ -295,7 +300,7 @@ def _train(cfg: TrainConfig, resume: bool, stop_at: int | None, rank: int, world
             h['val'].append({'step': done, 'loss': evaluate_loss(model, val_images, val_tokens, cfg.loss)})
             bar.set_postfix(loss=f'{loss:.3f}', val=f"{h['val'][-1]['loss']:.3f}", lr=f'{lr:.1e}')
         if (cfg.ckpt_every and done % cfg.ckpt_every == 0) or done == stop:
-            rng = gather_rng(world)                          # a collective: every rank takes part
+            rng = gather_rng(world, device)                          # a collective: every rank takes part
             if rank == 0: save_checkpoint(cfg.out_dir, model, optimizer, {**state, 'rng': rng})
     bar.close()
     return model.eval(), state
