@@ -105,3 +105,11 @@ def test_demo_command_writes_run_folder(tmp_path):
     metrics = json.loads((out / 'metrics.json').read_text())
     assert {'zero_shot', 'retrieval', 'wall_s'} <= set(metrics)
     assert 'zero-shot' in p.stdout
+
+
+def test_eval_default_json_goes_in_the_run_folder(runs):
+    "Given a checkpoint folder, the metrics land beside it in the run folder, where a later save cannot delete them."
+    ckpt = max((runs / 'single').glob('ckpt_*'))
+    run([SCRIPT, 'eval', str(ckpt), '--n', '60'])
+    assert json.loads((runs / 'single' / 'eval.json').read_text())['step'] == 4
+    assert not (ckpt / 'eval.json').exists()
