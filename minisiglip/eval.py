@@ -82,21 +82,28 @@ def task_prompts(task: str, n_fill: int = 30, seed: int = 0) -> dict[Hashable, l
 
 # %% ../nbs/06_eval.ipynb #41df8a12
 def zero_shot_shapes(model: nn.Module, tok: Tokenizer, n: int = 500, seed: int = 0, image_size: int = 32) -> dict[str, float | None]:
-    "Zero-shot accuracies on shapes val scenes: colour, shape, count, and colour–shape pairs held out of / seen in training (None: no such scene among `n`)."
+    """Zero-shot accuracies on shapes val scenes: colour, shape (two readings, see above), count, and colour–shape
+    pairs held out of / seen in training (None: no such scene among `n`)."""
     single, multi = (ShapesDataset(n, 'val', seed=seed, image_size=image_size, max_objects=m) for m in (1, 3))
     zs, zm = embed(model, single.images), embed(model, multi.images)
     objs = [s[0] for s in single.scenes]
-    def acc(task, z, labels, keep=None):
+    def scores(task, z):
         prompts = task_prompts(task, seed=seed)
-        y = torch.tensor([list(prompts).index(l) for l in labels])
-        sim = z @ class_embeddings(model, tok, prompts).T
+        return list(prompts), z @ class_embeddings(model, tok, prompts).T
+    def acc(task, z, labels, keep=None):
+        classes, sim = scores(task, z)
+        y = torch.tensor([classes.index(l) for l in labels])
         if keep is None: return zero_shot_accuracy(sim, y)
         return zero_shot_accuracy(sim[keep], y[keep]) if keep.any() else None   # None, not NaN: metrics stay valid JSON
     pairs = [(o['colour'], o['shape']) for o in objs]
     held = torch.tensor([p in HELD_OUT for p in pairs])
+    pair_classes, pair_sim = scores('pair', zs)
+    best_pair = [pair_classes[j] for j in pair_sim.argmax(1).tolist()]
     return {'colour': acc('colour', zs, [o['colour'] for o in objs]), 'shape': acc('shape', zs, [o['shape'] for o in objs]),
+            'shape_via_pair': sum(b[1] == o['shape'] for b, o in zip(best_pair, objs)) / len(objs),
             'count': acc('count', zm, [len(s) for s in multi.scenes]),
             'held_out_pairs': acc('pair', zs, pairs, held), 'seen_pairs': acc('pair', zs, pairs, ~held)}
+
 
 # %% ../nbs/06_eval.ipynb #8e083fcb
 def same_key(keys: Sequence[Hashable]) -> Tensor:

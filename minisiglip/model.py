@@ -16,6 +16,12 @@ __all__ = ['PRESETS', 'SigLIPConfig', 'Attention', 'mlp', 'Block', 'MAPHead', 'E
            'SigLIP']
 
 # %% ../nbs/04_model.ipynb #17c35d89
+def _stem_halvings(patch_size: int) -> int:
+    "log2(patch_size): how many stride-2 convolutions a conv stem needs to shrink the image by `patch_size`."
+    if patch_size < 1 or patch_size & (patch_size - 1):
+        raise ValueError(f"a conv stem halves the image log2(patch_size) times: patch_size must be a power of 2, got {patch_size}")
+    return patch_size.bit_length() - 1
+
 @dataclass
 class SigLIPConfig:
     "Every size of a `SigLIP` model. Part prefixes: `vit_*` image tower, `txt_*` text tower; the rest is shared."
@@ -43,8 +49,7 @@ class SigLIPConfig:
     def __post_init__(self):
         if self.image_size % self.patch_size: raise ValueError(f"image_size {self.image_size} must be a multiple of patch_size {self.patch_size}")
         if self.vit_stem < 0: raise ValueError(f"vit_stem must be 0 (patchify) or a channel count > 0, got {self.vit_stem}")
-        if self.vit_stem and self.patch_size & (self.patch_size - 1):
-            raise ValueError(f"a conv stem (vit_stem > 0) halves the image log2(patch_size) times: patch_size must be a power of 2, got {self.patch_size}")
+        if self.vit_stem: _stem_halvings(self.patch_size)            # fail when the config is made, not when the model is built
         for part in ('vit', 'txt'):
             w, h = getattr(self, f'{part}_width'), getattr(self, f'{part}_heads')
             if w % h: raise ValueError(f"{part}_width {w} must be a multiple of {part}_heads {h}")
@@ -52,7 +57,7 @@ class SigLIPConfig:
 
     @classmethod
     def preset(cls, name: str, **overrides) -> SigLIPConfig:
-        "A named size (`'tiny'`: CPU in minutes, `'small'`: a GPU), with any field overridden by keyword."
+        "A named size (`'tiny'`, `'tiny_wide'`: CPU in minutes; `'small'`: a GPU), with any field overridden by keyword."
         if name not in PRESETS: raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
         unknown = set(overrides) - {f.name for f in fields(cls)}
         if unknown: raise ValueError(f"unknown SigLIPConfig fields {sorted(unknown)}")
@@ -60,6 +65,7 @@ class SigLIPConfig:
 
 PRESETS = {
     'tiny':  dict(patch_size=4, vit_stem=32, vit_width=96, vit_depth=2, vit_heads=4, txt_width=96, txt_depth=2, txt_heads=4, embed_dim=96),
+    'tiny_wide': dict(patch_size=4, vit_stem=32, vit_width=128, vit_depth=1, vit_heads=4, txt_width=96, txt_depth=1, txt_heads=4, embed_dim=96),
     'small': dict(patch_size=4, vit_width=384, vit_depth=6, vit_heads=6, txt_width=384, txt_depth=6, txt_heads=6, embed_dim=384),
 }
 
@@ -129,8 +135,7 @@ class Encoder(nn.Module):
 def conv_stem(channels: int, width: int, patch_size: int) -> nn.Sequential:
     """Image -> `(B, width, S/patch_size, S/patch_size)` tokens, like a patchify conv, from overlapping 3x3 convolutions:
     one to `channels`, then log2(patch_size) stride-2 ones doubling the channels, the last to `width` (Xiao et al. 2021)."""
-    if patch_size < 1 or patch_size & (patch_size - 1): raise ValueError(f"conv_stem halves the image log2(patch_size) times: patch_size must be a power of 2, got {patch_size}")
-    n_down = patch_size.bit_length() - 1                               # patch_size = 2**n_down
+    n_down = _stem_halvings(patch_size)                                # patch_size = 2**n_down
     chans = [channels * 2**i for i in range(n_down)] + [width]
     layers = [nn.Conv2d(3, chans[0], kernel_size=3, padding=1)]
     for c_in, c_out in zip(chans, chans[1:]):

@@ -127,3 +127,19 @@ def test_lost_peer_raises_naming_the_step(mode):
     msg = str(e.value)
     assert 'RuntimeError: ring step 1/1' in msg and 'rank 1' in msg, msg
     if mode == 'hang': assert 'timed out after 3 s' in msg, msg
+
+
+def _nonfinite_on_rank_1():
+    from minisiglip.train import check_finite
+    z = torch.ones(2, 3)
+    if dist.get_rank() == 1: z[0, 1] = float('nan')
+    try: check_finite(5, dist.get_world_size(), zimg=z)
+    except FloatingPointError as e: return str(e)
+    return None
+
+
+def test_nonfinite_on_one_rank_stops_every_rank():
+    "A NaN on one rank must stop all ranks at the same step: a rank that went on would wait forever in the next collective."
+    msgs = spawn(_nonfinite_on_rank_1, 2)
+    assert msgs[1] is not None and 'non-finite zimg at step 5' in msgs[1], msgs
+    assert msgs[0] is not None and 'non-finite values on another rank at step 5' in msgs[0], msgs
