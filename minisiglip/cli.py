@@ -18,7 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     'distributed': ('minisiglip.distributed', 'one measured ring / all-gather loss step per rank; run it under torchrun'),
     'train':  ('minisiglip.train',  'train a SigLIP model (single process or under torchrun)'),
     'eval':   ('minisiglip.eval',   'evaluate a checkpoint: zero-shot accuracy and retrieval recall'),
-    'demo':   ('minisiglip.demo',   'the main job: train the tiny preset on built-in data, evaluate, write a run folder'),
+    'demo':   ('minisiglip.demo',   'the main job: train a tiny SigLIP on built-in data, evaluate, write a run folder'),
 }
 
 # %% ../nbs/11_cli.ipynb #b3acc6d2

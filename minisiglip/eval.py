@@ -90,19 +90,19 @@ def zero_shot_shapes(model: nn.Module, tok: Tokenizer, n: int = 500, seed: int =
     def scores(task, z):
         prompts = task_prompts(task, seed=seed)
         return list(prompts), z @ class_embeddings(model, tok, prompts).T
-    def acc(task, z, labels, keep=None):
-        classes, sim = scores(task, z)
+    def acc(classes_sim, labels, keep=None):
+        classes, sim = classes_sim
         y = torch.tensor([classes.index(l) for l in labels])
         if keep is None: return zero_shot_accuracy(sim, y)
         return zero_shot_accuracy(sim[keep], y[keep]) if keep.any() else None   # None, not NaN: metrics stay valid JSON
     pairs = [(o['colour'], o['shape']) for o in objs]
     held = torch.tensor([p in HELD_OUT for p in pairs])
-    pair_classes, pair_sim = scores('pair', zs)
-    best_pair = [pair_classes[j] for j in pair_sim.argmax(1).tolist()]
-    return {'colour': acc('colour', zs, [o['colour'] for o in objs]), 'shape': acc('shape', zs, [o['shape'] for o in objs]),
+    by_pair = scores('pair', zs)
+    best_pair = [by_pair[0][j] for j in by_pair[1].argmax(1).tolist()]
+    return {'colour': acc(scores('colour', zs), [o['colour'] for o in objs]), 'shape': acc(scores('shape', zs), [o['shape'] for o in objs]),
             'shape_via_pair': sum(b[1] == o['shape'] for b, o in zip(best_pair, objs)) / len(objs),
-            'count': acc('count', zm, [len(s) for s in multi.scenes]),
-            'held_out_pairs': acc('pair', zs, pairs, held), 'seen_pairs': acc('pair', zs, pairs, ~held)}
+            'count': acc(scores('count', zm), [len(s) for s in multi.scenes]),
+            'held_out_pairs': acc(by_pair, pairs, held), 'seen_pairs': acc(by_pair, pairs, ~held)}
 
 
 # %% ../nbs/06_eval.ipynb #8e083fcb

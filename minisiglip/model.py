@@ -47,6 +47,7 @@ class SigLIPConfig:
     init_bias: float = -10.0    # bias b at init: the paper's -10, so the n^2 - n negatives start near zero loss
 
     def __post_init__(self):
+        if self.patch_size < 1: raise ValueError(f"patch_size must be >= 1, got {self.patch_size}")
         if self.image_size % self.patch_size: raise ValueError(f"image_size {self.image_size} must be a multiple of patch_size {self.patch_size}")
         if self.vit_stem < 0: raise ValueError(f"vit_stem must be 0 (patchify) or a channel count > 0, got {self.vit_stem}")
         if self.vit_stem: _stem_halvings(self.patch_size)            # fail when the config is made, not when the model is built

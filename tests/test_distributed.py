@@ -130,16 +130,23 @@ def test_lost_peer_raises_naming_the_step(mode):
 
 
 def _nonfinite_on_rank_1():
-    from minisiglip.train import check_finite
-    z = torch.ones(2, 3)
-    if dist.get_rank() == 1: z[0, 1] = float('nan')
-    try: check_finite(5, dist.get_world_size(), zimg=z)
-    except FloatingPointError as e: return str(e)
-    return None
+    "One `train_step` of two ranks where only rank 1's input holds a NaN: the error message and whether weights moved."
+    from minisiglip.train import train_step
+    rank, W = dist.get_rank(), dist.get_world_size()
+    model, a, t = _model_and_data(W)
+    a = a[rank * B:(rank + 1) * B].clone()
+    if rank == 1: a[0, 0] = float('nan')
+    before = [p.detach().clone() for p in model.parameters()]
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    try: train_step(DDP(model), opt, ring_sigmoid_loss, a, t[rank * B:(rank + 1) * B], 5, 1e-2, 1., world=W)
+    except FloatingPointError as e: msg = str(e)
+    else: msg = None
+    return msg, all(torch.equal(b, p) for b, p in zip(before, model.parameters()))
 
 
 def test_nonfinite_on_one_rank_stops_every_rank():
-    "A NaN on one rank must stop all ranks at the same step: a rank that went on would wait forever in the next collective."
-    msgs = spawn(_nonfinite_on_rank_1, 2)
-    assert msgs[1] is not None and 'non-finite zimg at step 5' in msgs[1], msgs
-    assert msgs[0] is not None and 'non-finite values on another rank at step 5' in msgs[0], msgs
+    "A NaN on one rank must stop all ranks at the same step, before any update: a rank that went on would wait forever in the next collective."
+    (msg0, same0), (msg1, same1) = spawn(_nonfinite_on_rank_1, 2)
+    assert msg1 is not None and 'non-finite zimg at step 5' in msg1, msg1
+    assert msg0 is not None and 'non-finite values on another rank at step 5' in msg0, msg0
+    assert same0 and same1
