@@ -43,7 +43,7 @@ class TrainConfig:
     steps: int = 300              # length of the schedule (the run ends here)
     batch_size: int = 128         # global batch: pairs per step summed over all ranks
     lr: float = 1e-3              # peak learning rate, reached after warm-up
-    weight_decay: float = 1e-4    # AdamW decay on weight matrices only (not norms, biases, scale, bias)
+    weight_decay: float = 1e-4    # AdamW decay of weight matrices only, multiplied by the lr (the paper's 1e-4 is 0.1 here)
     beta2: float = 0.95           # the SigLIP paper's beta2: 0.999 makes large-batch sigmoid training unstable
     warmup_steps: int = 20        # linear warm-up from lr/warmup_steps to lr (a run shorter than this never peaks)
     schedule: str = 'cosine'      # 'cosine' decay to 0 after warm-up, or 'constant'
