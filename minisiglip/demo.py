@@ -19,7 +19,7 @@ from .eval import evaluate, plot_history, plot_similarity
 __all__ = ['DEMO_CONFIG', 'plot_zero_shot', 'save_plots', 'demo', 'report', 'add_demo_args', 'run_demo']
 
 # %% ../nbs/06a_demo.ipynb #20d57b33
-DEMO_CONFIG = TrainConfig(preset='tiny_wide', steps=2200, batch_size=64, lr=1e-3, warmup_steps=100, eval_every=100,
+DEMO_CONFIG = TrainConfig(preset='tiny_wide', steps=2400, batch_size=64, lr=1e-3, warmup_steps=100, eval_every=100,
                           ckpt_every=200, n_train=20_000, out_dir='runs/demo')
 
 # %% ../nbs/06a_demo.ipynb #fd13bf33
