@@ -4,6 +4,7 @@
 
 # %% ../nbs/04_model.ipynb #63900fc2
 from __future__ import annotations
+import math
 from dataclasses import dataclass, fields
 import torch
 import torch.nn as nn
@@ -12,8 +13,8 @@ from torch import Tensor
 from .losses import ScaleBias
 
 # %% auto #0
-__all__ = ['PRESETS', 'SigLIPConfig', 'Attention', 'mlp', 'Block', 'MAPHead', 'Encoder', 'conv_stem', 'ViT', 'TextTransformer',
-           'SigLIP']
+__all__ = ['PRESETS', 'SigLIPConfig', 'KVCache', 'causal_mask', 'Attention', 'mlp', 'Block', 'MAPHead', 'Encoder', 'conv_stem',
+           'ViT', 'TextTransformer', 'SigLIP']
 
 # %% ../nbs/04_model.ipynb #17c35d89
 def _stem_halvings(patch_size: int) -> int:
@@ -71,18 +72,40 @@ PRESETS = {
 }
 
 # %% ../nbs/04_model.ipynb #ba3154fe
+class KVCache:
+    "Keys and values of the positions one attention layer has seen: generation appends to it and never recomputes them."
+    def __init__(self): self.k = self.v = None
+
+    def __len__(self) -> int: return 0 if self.k is None else self.k.shape[2]
+
+    def update(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        "Append this step's `(B, heads, L, dh)` keys and values; return all of them so far."
+        if self.k is not None: k, v = torch.cat([self.k, k], 2), torch.cat([self.v, v], 2)
+        self.k, self.v = k, v
+        return k, v
+
+def causal_mask(n_queries: int, n_keys: int, device=None) -> Tensor:
+    "`(Lq, Lk)` bool, True where query i may attend: the queries are the *last* Lq positions, so i sees keys 0..Lk-Lq+i."
+    return torch.ones(n_queries, n_keys, dtype=torch.bool, device=device).tril(n_keys - n_queries)
+
 class Attention(nn.Module):
-    "Multi-head attention of queries `xq` over keys/values `xkv`, with an optional key-padding mask (True = attend)."
+    """Multi-head attention of queries `xq` over keys/values `xkv`, with an optional key-padding mask (True = attend),
+    an optional causal mask (a decoder), and an optional `KVCache` that holds the keys and values of earlier positions."""
     def __init__(self, width: int, heads: int, dropout: float = 0.):
         super().__init__()
         self.heads, self.dropout = heads, dropout
         self.q, self.k, self.v, self.proj = (nn.Linear(width, width) for _ in range(4))
 
-    def forward(self, xq: Tensor, xkv: Tensor, mask: Tensor | None = None) -> Tensor:
+    def forward(self, xq: Tensor, xkv: Tensor, mask: Tensor | None = None, causal: bool = False,
+                cache: KVCache | None = None) -> Tensor:
         B, Lq, D = xq.shape
         split = lambda x: x.view(B, -1, self.heads, D // self.heads).transpose(1, 2)   # (B, heads, L, D/heads)
         q, k, v = split(self.q(xq)), split(self.k(xkv)), split(self.v(xkv))
+        if cache is not None: k, v = cache.update(k, v)                               # earlier positions first
         attn_mask = None if mask is None else mask[:, None, None, :]                  # broadcast over heads, queries
+        if causal:
+            tri = causal_mask(Lq, k.shape[2], xq.device)
+            attn_mask = tri if attn_mask is None else attn_mask & tri
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.)
         return self.proj(y.transpose(1, 2).reshape(B, Lq, D))
 
@@ -100,9 +123,10 @@ class Block(nn.Module):
         self.ln2, self.mlp = nn.LayerNorm(width), mlp(width, mlp_ratio, dropout)
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, mask: Tensor | None = None, causal: bool = False,
+                cache: KVCache | None = None) -> Tensor:
         h = self.ln1(x)
-        x = x + self.drop(self.attn(h, h, mask))
+        x = x + self.drop(self.attn(h, h, mask, causal, cache))
         return x + self.mlp(self.ln2(x))
 
 # %% ../nbs/04_model.ipynb #5eb70b45
@@ -128,9 +152,13 @@ class Encoder(nn.Module):
         self.head = MAPHead(width, heads, mlp_ratio, dropout)
         self.proj = nn.Linear(width, embed_dim)
 
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+    def tokens(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        "The final LayerNorm-ed tokens `(B, L, width)`, before pooling: what a VLM reads from the image tower."
         for block in self.blocks: x = block(x, mask)
-        return self.proj(self.head(self.ln(x), mask))               # (B, embed_dim), not normalised
+        return self.ln(x)
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        return self.proj(self.head(self.tokens(x, mask), mask))     # (B, embed_dim), not normalised
 
 # %% ../nbs/04_model.ipynb #d431b836
 def conv_stem(channels: int, width: int, patch_size: int) -> nn.Sequential:
@@ -154,13 +182,24 @@ class ViT(nn.Module):
         self.pos = nn.Parameter(torch.randn(1, (cfg.image_size // cfg.patch_size) ** 2, cfg.vit_width) * 0.02)
         self.encoder = Encoder(cfg.vit_width, cfg.vit_depth, cfg.vit_heads, cfg.embed_dim, cfg.mlp_ratio, cfg.dropout)
 
-    def forward(self, images: Tensor) -> Tensor:
+    @property
+    def grid(self) -> int: return math.isqrt(self.pos.shape[1])     # tokens per side of the square patch grid
+
+    def embed(self, images: Tensor) -> Tensor:
+        "Checked images `(B, 3, S, S)` in [0, 1] -> patch tokens plus positions `(B, grid**2, width)`, row-major."
         S = self.image_size
         if not isinstance(images, Tensor) or images.ndim != 4 or images.shape[1:] != (3, S, S):
-            raise ValueError(f"images must be (B, 3, {S}, {S}), got {tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__}")
+            got = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
+            raise ValueError(f"images must be (B, 3, {S}, {S}), got {got}")
         if not images.is_floating_point(): raise ValueError(f"images must be floating point in [0, 1], got dtype {images.dtype}")
-        x = self.patch(images * 2 - 1).flatten(2).transpose(1, 2)   # [0, 1] -> [-1, 1]; (B, N tokens, width)
-        return self.encoder(x + self.pos)
+        return self.patch(images * 2 - 1).flatten(2).transpose(1, 2) + self.pos   # [0, 1] -> [-1, 1]
+
+    def tokens(self, images: Tensor) -> Tensor:
+        "The patch tokens `(B, grid**2, vit_width)` after the last block and LayerNorm, before the MAP head (for a VLM)."
+        return self.encoder.tokens(self.embed(images))
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.encoder(self.embed(images))
 
 # %% ../nbs/04_model.ipynb #3bea1863
 class TextTransformer(nn.Module):

@@ -30,8 +30,8 @@ from .model import SigLIP, SigLIPConfig
 __all__ = ['LOSSES', 'CKPT_PREFIX', 'TrainConfig', 'lr_at', 'batch_indices', 'build_data', 'get_batch', 'build_model',
            'make_loss', 'setup_processes', 'optimizer_tensors', 'optimizer_state', 'save_checkpoint',
            'latest_checkpoint', 'read_state', 'load_checkpoint', 'rng_to_text', 'rng_from_text', 'check_finite',
-           'train_step', 'make_optimizer', 'evaluate_loss', 'gather_rng', 'train', 'add_train_args', 'config_from_args',
-           'run_train']
+           'train_step', 'make_optimizer', 'evaluate_loss', 'gather_rng', 'train', 'add_dataclass_args',
+           'dataclass_from_args', 'add_train_args', 'config_from_args', 'run_train']
 
 # %% ../nbs/05_train.ipynb #17bc73fd
 LOSSES = ('sigmoid', 'chunked', 'ring', 'softmax')
@@ -306,18 +306,32 @@ def _train(cfg: TrainConfig, resume: bool, stop_at: int | None, rank: int, world
     return model.eval(), state
 
 # %% ../nbs/05_train.ipynb #bf2f180d
+def add_dataclass_args(parser: argparse.ArgumentParser, cls, choices: dict | None = None, skip: tuple = ()) -> None:
+    """One `--flag` per field of the dataclass `cls` (defaults from it; `choices` by field name; booleans as
+    `--flag/--no-flag`): every setting of a run is a flag, and no flag can drift from the field it sets."""
+    for f in dataclasses.fields(cls):
+        if f.name in skip: continue
+        flag = '--' + f.name.replace('_', '-')
+        if isinstance(f.default, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=f'default: {f.default}')
+        else:
+            parser.add_argument(flag, type=type(f.default), default=f.default, choices=(choices or {}).get(f.name),
+                                help=f'default: {f.default}')
+
+def dataclass_from_args(cls, args: argparse.Namespace, **overrides):
+    "An instance of the dataclass `cls` from the parsed flags `add_dataclass_args` made (fields it skipped: defaults)."
+    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}, **overrides)
+
 def add_train_args(parser: argparse.ArgumentParser) -> None:
     "Add one `--flag` per `TrainConfig` field (defaults from the dataclass), plus `--resume` and `--stop-at`."
-    for f in dataclasses.fields(TrainConfig):
-        parser.add_argument('--' + f.name.replace('_', '-'), type=type(f.default), default=f.default,
-                            choices=LOSSES if f.name == 'loss' else None, help=f'default: {f.default}')
+    add_dataclass_args(parser, TrainConfig, choices={'loss': LOSSES})
     parser.add_argument('--out', dest='out_dir', help='alias of --out-dir')
     parser.add_argument('--resume', action='store_true', help='continue from the newest checkpoint in --out-dir')
     parser.add_argument('--stop-at', type=int, default=None, help='stop after this step (the schedule still spans --steps)')
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     "The `TrainConfig` named by parsed `minisiglip train` flags."
-    return TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
+    return dataclass_from_args(TrainConfig, args)
 
 def run_train(args: argparse.Namespace) -> int:
     "`minisiglip train`: train with the flags' configuration and print where the checkpoint went (rank 0)."
