@@ -85,12 +85,12 @@ class KVCache:
         return k, v
 
 def causal_mask(n_queries: int, n_keys: int, device=None) -> Tensor:
-    "`(Lq, Lk)` bool, True where query i may attend: the queries are the *last* Lq positions, so i sees keys 0..Lk-Lq+i."
+    "`(Lq, Lk)` bool, True where query i may attend: queries are the *last* Lq positions (i sees keys 0..Lk-Lq+i)."
     return torch.ones(n_queries, n_keys, dtype=torch.bool, device=device).tril(n_keys - n_queries)
 
 class Attention(nn.Module):
     """Multi-head attention of queries `xq` over keys/values `xkv`, with an optional key-padding mask (True = attend),
-    an optional causal mask (a decoder), and an optional `KVCache` that holds the keys and values of earlier positions."""
+    an optional causal mask (a decoder), and an optional `KVCache` holding earlier positions' keys and values."""
     def __init__(self, width: int, heads: int, dropout: float = 0.):
         super().__init__()
         self.heads, self.dropout = heads, dropout
@@ -195,7 +195,7 @@ class ViT(nn.Module):
         return self.patch(images * 2 - 1).flatten(2).transpose(1, 2) + self.pos   # [0, 1] -> [-1, 1]
 
     def tokens(self, images: Tensor) -> Tensor:
-        "The patch tokens `(B, grid**2, vit_width)` after the last block and LayerNorm, before the MAP head (for a VLM)."
+        "Patch tokens `(B, grid**2, vit_width)` after the last block and LayerNorm, before the MAP head (for a VLM)."
         return self.encoder.tokens(self.embed(images))
 
     def forward(self, images: Tensor) -> Tensor:

@@ -313,7 +313,8 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls, choices: dict | Non
         if f.name in skip: continue
         flag = '--' + f.name.replace('_', '-')
         if isinstance(f.default, bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=f'default: {f.default}')
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default,
+                                help=f'default: {f.default}')
         else:
             parser.add_argument(flag, type=type(f.default), default=f.default, choices=(choices or {}).get(f.name),
                                 help=f'default: {f.default}')

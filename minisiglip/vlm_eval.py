@@ -184,7 +184,8 @@ def variants_table(rows: dict[str, dict]) -> str:
     head = ['| variant | train | seen | seen position | seen relation | held-out | '
             + ' | '.join(f'h-o {f}' for f in FAMILIES) + ' |', '|---|' + '---|' * (5 + len(FAMILIES))]
     row = lambda name, r: (f"| {name} | {r['train_s']:.0f} s | {pct(r['seen']['overall'])} | "
-                           f"{pct(r['seen']['position'])} | {pct(r['seen']['relation'])} | {pct(r['held_out']['overall'])} | "
+                           f"{pct(r['seen']['position'])} | {pct(r['seen']['relation'])} | "
+                           f"{pct(r['held_out']['overall'])} | "
                            + ' | '.join(pct(r['held_out'][f]) for f in FAMILIES) + ' |')
     return '\n'.join(head + [row(name, r) for name, r in rows.items()])
 
