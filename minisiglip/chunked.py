@@ -24,10 +24,11 @@ def _check_chunk_size(chunk_size: int | None) -> None:
 def sigmoid_block_loss_and_grads(zimg: Tensor, ztxt: Tensor, scale: Tensor | float, bias: Tensor | float,
                                  positives: bool, chunk_size: int | None = None
                                  ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """`(loss_sum, dzimg, dztxt, dscale, dbias)` of one image block `(n, d)` against one text block `(m, d)`, without autograd.
-    loss_sum = -sum_ij log_sigmoid(z_ij (scale zimg@ztxt.T + bias)), z = +1 on the diagonal iff `positives` (needs n == m),
-    else -1 everywhere. Texts are processed `chunk_size` at a time (None: all), so at most `n × chunk_size` logits exist at
-    once: this is the unit the chunked loss loops over and the ring loss applies to each block it receives."""
+    """`(loss_sum, dzimg, dztxt, dscale, dbias)` of one image block `(n, d)` against one text block `(m, d)`,
+    without autograd. loss_sum = -sum_ij log_sigmoid(z_ij (scale zimg@ztxt.T + bias)), z = +1 on the diagonal iff
+    `positives` (needs n == m), else -1 everywhere. Texts are processed `chunk_size` at a time (None: all), so at most
+    `n × chunk_size` logits exist at once: this is the unit the chunked loss loops over and the ring loss applies to
+    each block it receives."""
     _check_chunk_size(chunk_size)
     n, m = zimg.shape[0], ztxt.shape[0]
     if positives and n != m: raise ValueError(f"positives=True needs a square block, got {n} images and {m} texts")
@@ -50,7 +51,7 @@ def sigmoid_block_loss_and_grads(zimg: Tensor, ztxt: Tensor, scale: Tensor | flo
         dbias += blk.sum()                                            # pass 4: dL/db = sum G
         dzimg.addmm_(blk, y)                                          # accumulates sum_j G_ij y_j
         torch.mm(blk.T, zimg, out=dztxt[j0:j0 + len(y)])              # G^T X for this chunk's texts
-    dscale = (zimg * dzimg).sum()                                     # dL/dt = sum_ij G_ij x_i.y_j = sum_i x_i.(G Y)_i, O(nd)
+    dscale = (zimg * dzimg).sum()                                     # dL/dt = sum_ij G_ij x_i.y_j = sum_i x_i.(G Y)_i
     dzimg.mul_(t); dztxt.mul_(t)                                      # the scale, applied in O(nd)
     if positives: loss -= (zimg * ztxt).sum() * t + n * b             # softplus(-l_ii) = softplus(l_ii) - l_ii
     return loss, dzimg, dztxt, dscale, dbias
@@ -68,11 +69,13 @@ class _ChunkedSigmoidLoss(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         dzimg, dztxt, dscale, dbias = ctx.saved_tensors
-        ds, db = (None if v is None else (g * grad_out).reshape(v.shape).to(v.dtype) for g, v in zip((dscale, dbias), ctx.like))
+        ds, db = (None if v is None else (g * grad_out).reshape(v.shape).to(v.dtype)
+                  for g, v in zip((dscale, dbias), ctx.like))
         return dzimg * grad_out, dztxt * grad_out, ds, db, None
 
 # %% ../nbs/01_chunked.ipynb #6adaf43b
-def chunked_sigmoid_loss(zimg: Tensor, ztxt: Tensor, scale: Tensor | float, bias: Tensor | float, chunk_size: int) -> Tensor:
+def chunked_sigmoid_loss(zimg: Tensor, ztxt: Tensor, scale: Tensor | float, bias: Tensor | float,
+                         chunk_size: int) -> Tensor:
     """Same value and gradients as `sigmoid_loss`, with at most `n × chunk_size` logits alive at any time, forward or
     backward: batches whose `(n, n)` logit matrix would not fit in memory train exactly, not approximately."""
     check_embeddings(zimg, ztxt); check_scale_bias(scale, bias); _check_chunk_size(chunk_size)
@@ -82,9 +85,10 @@ def chunked_sigmoid_loss(zimg: Tensor, ztxt: Tensor, scale: Tensor | float, bias
 # %% ../nbs/01_chunked.ipynb #7d9079d7
 def cached_embedding_step(image_encoder: nn.Module, text_encoder: nn.Module, images: Tensor, texts: Tensor,
                           loss_fn: Callable[[Tensor, Tensor], Tensor], micro_batch: int) -> Tensor:
-    """Accumulate into the encoders' (and the loss's own) parameters exactly the gradients of `loss_fn(image_encoder(images),
-    text_encoder(texts))` on the whole batch, holding encoder activations for only `micro_batch` items at a time.
-    `loss_fn(zimg, ztxt)` may close over learnable scale and bias; returns the detached loss."""
+    """Accumulate into the encoders' (and the loss's own) parameters exactly the gradients of
+    `loss_fn(image_encoder(images), text_encoder(texts))` on the whole batch, holding encoder activations for only
+    `micro_batch` items at a time. `loss_fn(zimg, ztxt)` may close over learnable scale and bias; returns the
+    detached loss."""
     if isinstance(micro_batch, bool) or not isinstance(micro_batch, int) or micro_batch < 1:
         raise ValueError(f"micro_batch must be a positive int, got {micro_batch!r}")
     if len(images) != len(texts): raise ValueError(f"images and texts must pair up: got {len(images)} and {len(texts)}")

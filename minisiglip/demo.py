@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from .data import ShapesDataset
 from .train import TrainConfig, train, load_checkpoint, CKPT_PREFIX
+from .train import plot_logits
 from .eval import evaluate, plot_history, plot_similarity
 
 # %% auto #0
@@ -34,11 +35,11 @@ def plot_zero_shot(acc: dict[str, float], ax=None):
 
 # %% ../nbs/06a_demo.ipynb #7af5660d
 def save_plots(out: Path, model, tok, history: dict, zero_shot: dict[str, float], seed: int = 0) -> list[Path]:
-    "Write `loss.png`, `similarity.png` and `zero_shot.png` into `out`; returns their paths."
+    "Write `loss.png`, `logits.png`, `similarity.png` and `zero_shot.png` into `out`; returns their paths."
     import matplotlib.pyplot as plt
     val = ShapesDataset(12, 'val', seed=seed + 1)
     paths = []
-    for name, draw in (('loss', lambda ax: plot_history(history, ax)),
+    for name, draw in (('loss', lambda ax: plot_history(history, ax)), ('logits', lambda ax: plot_logits(history, ax)),
                        ('similarity', lambda ax: plot_similarity(model, tok, val.images, val.captions, ax)),
                        ('zero_shot', lambda ax: plot_zero_shot(zero_shot, ax))):
         fig, ax = plt.subplots(figsize=(6, 3.5), dpi=80)
@@ -60,8 +61,9 @@ def demo(cfg: TrainConfig = DEMO_CONFIG, n_eval: int = 1000) -> dict:
     train_s = time.perf_counter() - t0
     model, tok, _ = load_checkpoint(out)                            # evaluate what was saved, not what is in memory
     metrics = evaluate(model, tok, cfg.data, n_eval, seed=cfg.seed, image_size=cfg.image_size)
-    metrics.update(train_s=train_s, wall_s=time.perf_counter() - t0, steps=state['step'],
-                   final_loss=state['history']['loss'][-1], config=dataclasses.asdict(cfg))
+    h = state['history']
+    metrics.update(train_s=train_s, wall_s=time.perf_counter() - t0, steps=state['step'], final_loss=h['loss'][-1],
+                   final_t=h['t'][-1], final_b=h['b'][-1], config=dataclasses.asdict(cfg))
     (out / 'metrics.json').write_text(json.dumps(metrics, indent=1))
     save_plots(out, model, tok, state['history'], metrics['zero_shot'], cfg.seed)
     return metrics
@@ -71,7 +73,8 @@ def report(metrics: dict) -> str:
     "A few lines summarising a demo run."
     zs = ', '.join(f'{k} {100 * v:.1f}%' for k, v in metrics['zero_shot'].items())
     r = metrics['retrieval']
-    return (f"trained {metrics['steps']} steps in {metrics['train_s']:.0f} s (total {metrics['wall_s']:.0f} s), final loss {metrics['final_loss']:.3f}\n"
+    return (f"trained {metrics['steps']} steps in {metrics['train_s']:.0f} s (total {metrics['wall_s']:.0f} s), final loss {metrics['final_loss']:.3f}, "
+            f"t {metrics['final_t']:.1f}, b {metrics['final_b']:.2f}\n"
             f"zero-shot: {zs}\n"
             f"retrieval among {r['n']}: i2t R@1/5/10 {100 * r['i2t_r1']:.1f}/{100 * r['i2t_r5']:.1f}/{100 * r['i2t_r10']:.1f}%, "
             f"t2i R@1/5/10 {100 * r['t2i_r1']:.1f}/{100 * r['t2i_r5']:.1f}/{100 * r['t2i_r10']:.1f}%")

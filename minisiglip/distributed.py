@@ -21,11 +21,11 @@ import torch.distributed.nn.functional as dist_nn
 import torch.nn.functional as F
 from torch import Tensor
 from .losses import check_embeddings, check_scale_bias, sigmoid_loss, softmax_loss, peak_bytes, _positive_int
-from .chunked import sigmoid_block_loss_and_grads
+from .chunked import sigmoid_block_loss_and_grads, _check_chunk_size
 
 # %% auto #0
-__all__ = ['LOSSES', 'CommStats', 'ring_sigmoid_loss', 'gather_softmax_loss', 'init_distributed', 'spawn', 'loss_step',
-           'add_distributed_args', 'run_distributed']
+__all__ = ['LOSSES', 'CommStats', 'ring_sigmoid_loss', 'gather_softmax_loss', 'gather_sigmoid_loss', 'init_distributed', 'spawn',
+           'loss_step', 'loss_steps', 'add_distributed_args', 'run_distributed']
 
 # %% ../nbs/02_distributed.ipynb #a3211263
 def _world(group: dist.ProcessGroup | None) -> tuple[int, int]:
@@ -74,16 +74,18 @@ def _check_same_shape(z: Tensor, group, timeout_s: float) -> None:
     if wmax != -wmin: raise ValueError(f"embedding dtypes differ across ranks (this rank: {z.dtype})")
 
 # %% ../nbs/02_distributed.ipynb #b6b0f748
-def _ring_loss_and_grads(zimg: Tensor, ztxt: Tensor, scale, bias, group, bidirectional: bool, chunk_size: int | None,
-                         timeout_s: float, stats: CommStats | None, want_grads: bool) -> tuple[Tensor, ...]:
-    "Unnormalised loss of local images vs all texts, and (dzimg, dztxt, dscale, dbias); dztxt collected from every rank."
+def _ring_loss_and_grads(zimg: Tensor, ztxt: Tensor, scale, bias, group, bidirectional: bool,
+                         chunk_size: int | None, timeout_s: float, stats: CommStats | None,
+                         want_grads: bool) -> tuple[Tensor, ...]:
+    """Unnormalised loss of local images vs all texts, and (dzimg, dztxt, dscale, dbias);
+    dztxt collected from every rank."""
     rank, W = _world(group)
     loss, dzimg, dztxt, dscale, dbias = sigmoid_block_loss_and_grads(zimg, ztxt, scale, bias, True, chunk_size)
     hops = {+1: W // 2, -1: (W - 1) // 2} if bidirectional else {+1: W - 1}   # direction -> steps; sums to W - 1
     hops = {s: h for s, h in hops.items() if h > 0}
     n, tag = max(hops.values(), default=0), {+1: 0, -1: 1}   # tags keep the four message kinds apart
-    # Fixed buffers, allocated once: per direction two text blocks (receive into one while the other is scored and sent
-    # on), one outgoing and one incoming text gradient. Memory is O(b d) per direction whatever W is.
+    # Fixed buffers, allocated once: per direction two text blocks (receive into one while the other is scored
+    # and sent on), one outgoing and one incoming text gradient. Memory is O(b d) per direction whatever W is.
     blocks = {s: [torch.empty_like(ztxt) for _ in range(2)] for s in hops}
     gsend, grecv = ({s: torch.empty_like(ztxt) for s in hops if want_grads} for _ in range(2))
     held, got = {s: ztxt for s in hops}, []              # got: directions with a text gradient arriving
@@ -92,8 +94,9 @@ def _ring_loss_and_grads(zimg: Tensor, ztxt: Tensor, scale, bias, group, bidirec
         ops = []
         for s, h in hops.items():
             if step > h: continue
-            ops += [(dist.isend, held[s], (rank + s) % W, tag[s], f"send of text block to rank {(rank + s) % W}"),
-                    (dist.irecv, blocks[s][step % 2], (rank - s) % W, tag[s], f"recv of text block from rank {(rank - s) % W}")]
+            to, frm = (rank + s) % W, (rank - s) % W
+            ops += [(dist.isend, held[s], to, tag[s], f"send of text block to rank {to}"),
+                    (dist.irecv, blocks[s][step % 2], frm, tag[s], f"recv of text block from rank {frm}")]
         return ops
 
     pending = _post(text_ops(1), f"ring step 1/{n}", group, stats)
@@ -101,7 +104,8 @@ def _ring_loss_and_grads(zimg: Tensor, ztxt: Tensor, scale, bias, group, bidirec
         _wait(pending, f"ring step {step}/{n}", timeout_s)     # this step's blocks (and last step's gradients) are here
         for s in got: dztxt += grecv[s]
         held = {s: blocks[s][step % 2] for s, h in hops.items() if step <= h}
-        pending = _post(text_ops(step + 1), f"ring step {step + 1}/{n}", group, stats)   # forward blocks while we score them
+        # forward the blocks while we score them
+        pending = _post(text_ops(step + 1), f"ring step {step + 1}/{n}", group, stats)
         ops, got = [], []
         for s, x in held.items():
             l, gi, gt, gs, gb = sigmoid_block_loss_and_grads(zimg, x, scale, bias, False, chunk_size)
@@ -133,7 +137,8 @@ class _RingSigmoidLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, zimg, ztxt, scale, bias, group, bidirectional, chunk_size, timeout_s, stats):
         want = any(ctx.needs_input_grad[:4])             # in eval mode skip the gradient returns: half the bytes
-        loss, *grads = _ring_loss_and_grads(zimg, ztxt, scale, bias, group, bidirectional, chunk_size, timeout_s, stats, want)
+        loss, *grads = _ring_loss_and_grads(zimg, ztxt, scale, bias, group, bidirectional, chunk_size,
+                                            timeout_s, stats, want)
         b = zimg.shape[0]
         ctx.group, ctx.timeout_s = group, timeout_s
         ctx.like = [v if isinstance(v, Tensor) else None for v in (scale, bias)]
@@ -144,13 +149,15 @@ class _RingSigmoidLoss(torch.autograd.Function):
     def backward(ctx, g):
         if _world(ctx.group)[1] > 1: _check_same_grad_scale(g, ctx.group, ctx.timeout_s)
         dzimg, dztxt, dscale, dbias = ctx.saved_tensors
-        ds, db = (None if v is None else (d * g).reshape(v.shape).to(v.dtype) for d, v in zip((dscale, dbias), ctx.like))
+        ds, db = (None if v is None else (d * g).reshape(v.shape).to(v.dtype)
+                  for d, v in zip((dscale, dbias), ctx.like))
         return dzimg * g, dztxt * g, ds, db, None, None, None, None, None
 
 # %% ../nbs/02_distributed.ipynb #81f89675
 def ring_sigmoid_loss(zimg: Tensor, ztxt: Tensor, scale: Tensor | float, bias: Tensor | float,
-                      group: dist.ProcessGroup | None = None, bidirectional: bool = False, chunk_size: int | None = None,
-                      timeout_s: float = 60., stats: CommStats | None = None) -> Tensor:
+                      group: dist.ProcessGroup | None = None, bidirectional: bool = False,
+                      chunk_size: int | None = None, timeout_s: float = 60.,
+                      stats: CommStats | None = None) -> Tensor:
     """SigLIP loss of this rank's `b` images against the texts of *all* ranks, divided by `b`, exchanging only text
     embeddings point-to-point around a ring (no all_gather), with at most `b × chunk_size` logits alive per rank.
     The mean over ranks equals `sigmoid_loss` of the concatenated batch; rank r's embedding gradients are those of the
@@ -161,24 +168,73 @@ def ring_sigmoid_loss(zimg: Tensor, ztxt: Tensor, scale: Tensor | float, bias: T
     return _RingSigmoidLoss.apply(zimg, ztxt, scale, bias, group, bidirectional, chunk_size, timeout_s, stats)
 
 # %% ../nbs/02_distributed.ipynb #7d42b8f4
+def _all_gather_with_grad(z: Tensor, group) -> Tensor:
+    "Every rank's `z`, concatenated in rank order: `(W b, d)`. Backward: each block's gradients summed at its owner."
+    with warnings.catch_warnings():   # deprecated in favour of a private API; still the public autograd-aware gather
+        warnings.simplefilter('ignore', FutureWarning)
+        return torch.cat(dist_nn.all_gather(z, group=group))
+
+# %% ../nbs/02_distributed.ipynb #4153fec0
 def gather_softmax_loss(zimg: Tensor, ztxt: Tensor, scale: Tensor | float, group: dist.ProcessGroup | None = None,
                         timeout_s: float = 60., stats: CommStats | None = None) -> Tensor:
-    """CLIP's softmax loss over the global batch via all_gather (with gradient): this rank's rows against all columns,
-    in both directions. The mean over ranks equals `softmax_loss` of the concatenated batch; gradients follow the same
-    sum-over-ranks convention as `ring_sigmoid_loss`. The baseline whose b × W·b logits the ring avoids.
-    `stats` gets the textbook count (a ring all-gather per tensor and a reduce-scatter per gradient), not gloo's own messages."""
+    """CLIP's softmax loss over the global batch via all_gather (with gradient): this rank's rows against all
+    columns, in both directions. The mean over ranks equals `softmax_loss` of the concatenated batch; gradients
+    follow the same sum-over-ranks convention as `ring_sigmoid_loss`. The baseline whose b × W·b logits the ring
+    avoids. `stats` gets the textbook count (a ring all-gather per tensor and a reduce-scatter per gradient), not
+    gloo's own messages."""
     check_embeddings(zimg, ztxt); check_scale_bias(scale)
     rank, W = _world(group)
     if W == 1: return softmax_loss(zimg, ztxt, scale)
     _check_same_shape(zimg, group, timeout_s)
-    with warnings.catch_warnings():   # deprecated in favour of a private API; still the public autograd-aware gather
-        warnings.simplefilter('ignore', FutureWarning)
-        all_img, all_txt = (torch.cat(dist_nn.all_gather(z, group=group)) for z in (zimg, ztxt))   # (W b, d) each
-    if stats is not None:      # textbook: a ring all-gather sends W-1 blocks per tensor, the backward reduce-scatter as many
+    all_img, all_txt = (_all_gather_with_grad(z, group) for z in (zimg, ztxt))   # (W b, d) each
+    if stats is not None:      # textbook: W-1 blocks per gathered tensor and per reduce-scattered gradient
         stats.bytes_sent += 4 * (W - 1) * zimg.nbytes; stats.steps += 4 * (W - 1)
     b = zimg.shape[0]
     target = torch.arange(rank * b, (rank + 1) * b, device=zimg.device)
-    return (F.cross_entropy(scale * zimg @ all_txt.T, target) + F.cross_entropy(scale * ztxt @ all_img.T, target)) / 2
+    i2t = F.cross_entropy(scale * zimg @ all_txt.T, target)                     # (b, W b) logits
+    t2i = F.cross_entropy(scale * ztxt @ all_img.T, target)                     # and again
+    return (i2t + t2i) / 2
+
+# %% ../nbs/02_distributed.ipynb #b295dca8
+class _GatheredSigmoidLoss(torch.autograd.Function):
+    "This rank's images `(b, d)` against all texts `(W b, d)`, block by block; block `rank` holds the positives."
+    @staticmethod
+    def forward(ctx, zimg, all_txt, scale, bias, rank, chunk_size):
+        b = zimg.shape[0]
+        loss, dscale, dbias = (zimg.new_zeros(()) for _ in range(3))
+        dzimg, dtxt = torch.zeros_like(zimg), torch.empty_like(all_txt)   # (b, d), (W b, d)
+        for s, y in enumerate(all_txt.split(b)):       # text block s, the ring's visit order aside
+            l, gi, gt, gs, gb = sigmoid_block_loss_and_grads(zimg, y, scale, bias, s == rank, chunk_size)
+            loss += l; dzimg += gi; dscale += gs; dbias += gb
+            dtxt[s * b:(s + 1) * b] = gt
+        ctx.like = [v if isinstance(v, Tensor) else None for v in (scale, bias)]
+        ctx.save_for_backward(*(g.div_(b) for g in (dzimg, dtxt, dscale, dbias)))
+        return loss / b
+
+    @staticmethod
+    def backward(ctx, g):          # dtxt * g goes on through the all-gather's backward: summed at each text's owner
+        dzimg, dtxt, dscale, dbias = ctx.saved_tensors
+        ds, db = (None if v is None else (d * g).reshape(v.shape).to(v.dtype)
+                  for d, v in zip((dscale, dbias), ctx.like))
+        return dzimg * g, dtxt * g, ds, db, None, None
+
+# %% ../nbs/02_distributed.ipynb #8499c0f6
+def gather_sigmoid_loss(zimg: Tensor, ztxt: Tensor, scale: Tensor | float, bias: Tensor | float,
+                        group: dist.ProcessGroup | None = None, chunk_size: int | None = None,
+                        timeout_s: float = 60., stats: CommStats | None = None) -> Tensor:
+    """SigLIP loss of this rank's `b` images against the texts of *all* ranks, divided by `b`, with the contract of
+    `ring_sigmoid_loss` (mean over ranks = `sigmoid_loss` of the concatenated batch, gradients of the sum of the rank
+    losses) but CLIP's exchange: an all_gather of the texts, with gradient. At most `b × chunk_size` logits exist at
+    once (`b × b` when None); the gathered `(W b, d)` texts and their gradient grow with W. `stats` gets the textbook
+    count: (W-1) text blocks all-gathered, and as many gradient blocks reduce-scattered when the texts need grad."""
+    check_embeddings(zimg, ztxt); check_scale_bias(scale, bias); _check_chunk_size(chunk_size)
+    rank, W = _world(group)
+    if W > 1: _check_same_shape(zimg, group, timeout_s)
+    all_txt = _all_gather_with_grad(ztxt, group) if W > 1 else ztxt          # (W b, d)
+    if stats is not None and W > 1:
+        k = 2 if all_txt.requires_grad else 1                                  # 2: the backward's reduce-scatter too
+        stats.bytes_sent += k * (W - 1) * ztxt.nbytes; stats.steps += k * (W - 1)
+    return _GatheredSigmoidLoss.apply(zimg, all_txt, scale, bias, rank, chunk_size)
 
 # %% ../nbs/02_distributed.ipynb #085ce05b
 def init_distributed(timeout_s: float = 60., backend: str | None = None) -> tuple[int, int]:
@@ -213,34 +269,50 @@ def spawn(fn: Callable, world_size: int, *args, timeout_s: float = 60.) -> list:
         return [torch.load(os.path.join(out, f'{r}.pt')) for r in range(world_size)]
 
 # %% ../nbs/02_distributed.ipynb #4fb83783
-LOSSES = ('ring', 'ring-bidir', 'gather-softmax')
+LOSSES = ('ring', 'ring-bidir', 'gather-softmax', 'gather-sigmoid')
 
 def loss_step(method: str, b: int, d: int, seed: int = 0, chunk_size: int | None = None, scale: float = 10.,
               bias: float = -10., dtype: torch.dtype = torch.float32, reps: int = 1) -> dict:
     """One forward + backward of `method` (one of `LOSSES`) on this rank's slice of a seeded global batch of W·b pairs:
     loss, gradients, bytes sent and peak tensor bytes of that step, and the median seconds of `reps` more steps --
     the evidence behind the equivalence checks, the complexity table and the bench's distributed rows."""
-    if method not in LOSSES: raise ValueError(f"method must be one of {LOSSES}, got {method!r}")
+    return loss_steps([method], b, d, seed, chunk_size, scale, bias, dtype, reps)[0]
+
+def loss_steps(methods: list[str], b: int, d: int, seed: int = 0, chunk_size: int | None = None, scale: float = 10.,
+               bias: float = -10., dtype: torch.dtype = torch.float32, reps: int = 1) -> list[dict]:
+    """`loss_step` for several methods on the same batch, in one process group: each method's profiled step, then
+    `reps` timed rounds that take the methods in turn, so that a change in the machine's load hits all of them alike."""
+    for method in methods:
+        if method not in LOSSES: raise ValueError(f"method must be one of {LOSSES}, got {method!r}")
+    if len(set(methods)) != len(methods): raise ValueError(f"methods must not repeat, got {methods}")
     if reps < 1: raise ValueError(f"reps must be at least 1 (the timed steps), got {reps}")
     rank, W = _world(None)
     g = torch.Generator().manual_seed(seed)
-    zi, zt = (F.normalize(torch.randn(W * b, d, generator=g, dtype=dtype), dim=-1)[rank * b:(rank + 1) * b] for _ in range(2))
-    def step(stats=None):
+    zi, zt = (F.normalize(torch.randn(W * b, d, generator=g, dtype=dtype), dim=-1)[rank * b:(rank + 1) * b]
+              for _ in range(2))
+    def step(method, stats=None):
         x, y = zi.clone().requires_grad_(), zt.clone().requires_grad_()
         t, c = torch.tensor(scale, dtype=dtype, requires_grad=True), torch.tensor(bias, dtype=dtype, requires_grad=True)
         if method == 'gather-softmax': loss = gather_softmax_loss(x, y, t, stats=stats)
-        else: loss = ring_sigmoid_loss(x, y, t, c, bidirectional=method == 'ring-bidir', chunk_size=chunk_size, stats=stats)
+        elif method == 'gather-sigmoid': loss = gather_sigmoid_loss(x, y, t, c, chunk_size=chunk_size, stats=stats)
+        else: loss = ring_sigmoid_loss(x, y, t, c, bidirectional=method == 'ring-bidir', chunk_size=chunk_size,
+                                       stats=stats)
         loss.backward()
         return loss.detach(), x.grad, y.grad, t.grad, c.grad
-    stats, out = CommStats(), []
-    peak = peak_bytes(lambda: out.extend(step(stats)))               # the profiled step: memory, bytes, results
-    secs = []
-    for _ in range(reps):
-        t0 = time.perf_counter(); step(); secs.append(time.perf_counter() - t0)
-    loss, dzimg, dztxt, dscale, dbias = out
-    return dict(method=method, rank=rank, world_size=W, b=b, d=d, chunk_size=chunk_size, loss=loss, dzimg=dzimg,
-                dztxt=dztxt, dscale=dscale, dbias=dbias, bytes_sent=stats.bytes_sent, steps=stats.steps,
-                seconds=statistics.median(secs), peak_bytes=peak)
+    res = []
+    for method in methods:                                           # the profiled step: memory, bytes, results
+        stats, out = CommStats(), []
+        peak = peak_bytes(lambda: out.extend(step(method, stats)))
+        loss, dzimg, dztxt, dscale, dbias = out
+        res.append(dict(method=method, rank=rank, world_size=W, b=b, d=d, chunk_size=chunk_size, loss=loss,
+                        dzimg=dzimg, dztxt=dztxt, dscale=dscale, dbias=dbias, bytes_sent=stats.bytes_sent,
+                        steps=stats.steps, seconds=None, peak_bytes=peak))
+    secs = [[] for _ in methods]
+    for _ in range(reps):                                            # timed rounds, the methods in turn
+        for method, times in zip(methods, secs):
+            t0 = time.perf_counter(); step(method); times.append(time.perf_counter() - t0)
+    for r, times in zip(res, secs): r['seconds'] = statistics.median(times)
+    return res
 
 # %% ../nbs/02_distributed.ipynb #f834f32a
 def add_distributed_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -248,7 +320,7 @@ def add_distributed_args(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     parser.add_argument('--method', choices=LOSSES, default='ring')
     parser.add_argument('--b', type=_positive_int, default=256, help='local batch per rank')
     parser.add_argument('--d', type=_positive_int, default=64, help='embedding dim')
-    parser.add_argument('--chunk-size', type=_positive_int, default=None, help='texts per block chunk in the ring (default: all)')
+    parser.add_argument('--chunk-size', type=_positive_int, default=None, help='texts per block chunk in the ring and gather-sigmoid (default: a whole block)')
     parser.add_argument('--reps', type=_positive_int, default=3, help='timed steps after the first (profiled, memory) step; the median is shown')
     parser.add_argument('--timeout', type=float, default=60., help='seconds before a lost peer becomes an error')
     parser.add_argument('--json', default=None, help='write the figures as JSON here (rank 0)')

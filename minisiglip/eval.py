@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+from collections import Counter
 from pathlib import Path
 from typing import Hashable, Sequence
 import torch
@@ -17,9 +18,11 @@ from .data import (COLOURS, SHAPES, SIZES, HELD_OUT, DIGIT_NAMES, DIGIT_TEMPLATE
 from .train import load_checkpoint, latest_checkpoint
 
 # %% auto #0
-__all__ = ['OBJECT_TEMPLATES', 'COUNT_TEMPLATES', 'zero_shot_accuracy', 'recall_at_k', 'embed', 'class_embeddings',
-           'object_prompts', 'task_prompts', 'zero_shot_shapes', 'same_key', 'retrieval', 'scene_key', 'evaluate',
-           'plot_similarity', 'plot_history', 'add_eval_args', 'run_eval']
+__all__ = ['OBJECT_TEMPLATES', 'COUNT_TEMPLATES', 'PAIRS', 'zero_shot_accuracy', 'recall_at_k', 'chance_recall', 'embed',
+           'class_embeddings', 'object_prompts', 'task_prompts', 'zero_shot_shapes', 'match_probs', 'average_precision',
+           'r_precision', 'random_ap', 'reliability', 'multi_label_metrics', 'pair_targets', 'pair_probs',
+           'multi_label_shapes', 'same_key', 'retrieval', 'scene_key', 'zero_shot_chance', 'evaluate', 'summary_table',
+           'plot_similarity', 'plot_reliability', 'plot_history', 'add_eval_args', 'run_eval']
 
 # %% ../nbs/06_eval.ipynb #750037e5
 def zero_shot_accuracy(sim: Tensor, labels: Tensor) -> float:
@@ -41,6 +44,20 @@ def recall_at_k(sim: Tensor, positives: Tensor | None = None, ks: Sequence[int] 
         top_i = sim.topk(min(k, sim.shape[0]), dim=0).indices     # (k, n_texts): best images per text
         out[f'i2t_r{k}'] = positives.gather(1, top_t).any(1).float().mean().item()
         out[f't2i_r{k}'] = positives.gather(0, top_i).any(0).float().mean().item()
+    return out
+
+# %% ../nbs/06_eval.ipynb #de71bfed
+def chance_recall(positives: Tensor, ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
+    """Expected image->text recall@k of a random ranking of the texts, as `chance_r{k}`, for the boolean
+    `positives` `(n_images, n_texts)` of `recall_at_k`; and `matches_per_image`, the mean number of positive
+    texts per image. (For text->image pass `positives.T`.)"""
+    n = positives.shape[1]
+    m = positives.sum(1).double()                                   # (n_images,) positive texts per image
+    out = {'matches_per_image': m.mean().item()}
+    for k in ks:
+        miss = torch.ones_like(m)                       # C(n - m, k) / C(n, k): no positive in the top k
+        for j in range(min(k, n)): miss = miss * (n - m - j).clamp(min=0) / (n - j)
+        out[f'chance_r{k}'] = (1 - miss).mean().item()
     return out
 
 # %% ../nbs/06_eval.ipynb #edd2c64d
@@ -81,11 +98,13 @@ def task_prompts(task: str, n_fill: int = 30, seed: int = 0) -> dict[Hashable, l
     raise ValueError(f"unknown task {task!r}: expected colour, shape, pair, count or digit")
 
 # %% ../nbs/06_eval.ipynb #41df8a12
-def zero_shot_shapes(model: nn.Module, tok: Tokenizer, n: int = 500, seed: int = 0, image_size: int = 32) -> dict[str, float | None]:
+def zero_shot_shapes(model: nn.Module, tok: Tokenizer, n: int = 500, seed: int = 0, image_size: int = 32,
+                     z_multi: Tensor | None = None) -> dict[str, float | None]:
     """Zero-shot accuracies on shapes val scenes: colour, shape (two readings, see above), count, and colour–shape
-    pairs held out of / seen in training (None: no such scene among `n`)."""
+    pairs held out of / seen in training (None: no such scene among `n`). `z_multi`: the embeddings of its
+    multi-object scenes (`ShapesDataset(n, 'val', seed, image_size, max_objects=3)`), if the caller has them."""
     single, multi = (ShapesDataset(n, 'val', seed=seed, image_size=image_size, max_objects=m) for m in (1, 3))
-    zs, zm = embed(model, single.images), embed(model, multi.images)
+    zs, zm = embed(model, single.images), embed(model, multi.images) if z_multi is None else z_multi
     objs = [s[0] for s in single.scenes]
     def scores(task, z):
         prompts = task_prompts(task, seed=seed)
@@ -105,7 +124,101 @@ def zero_shot_shapes(model: nn.Module, tok: Tokenizer, n: int = 500, seed: int =
             'held_out_pairs': acc(by_pair, pairs, held), 'seen_pairs': acc(by_pair, pairs, ~held)}
 
 
+
 # %% ../nbs/06_eval.ipynb #8e083fcb
+def match_probs(zimg: Tensor, ztxt: Tensor, scale: float | Tensor, bias: float | Tensor) -> Tensor:
+    """SigLIP's p(match) `(n_images, n_texts)` = sigmoid(scale * cos + bias) of unit-norm embeddings `zimg`
+    `(n_images, d)` and `ztxt` `(n_texts, d)`: each pair on its own, so a row need not sum to 1."""
+    return torch.sigmoid(scale * zimg @ ztxt.T + bias)
+
+# %% ../nbs/06_eval.ipynb #1868b497
+def average_precision(scores: Tensor, targets: Tensor) -> Tensor:
+    """AP of each column `(c,)` of `scores` `(n, c)` against boolean `targets` `(n, c)`: rank the n rows by
+    score and average the precision at the rank of each positive. NaN for a column without positives."""
+    order = scores.argsort(dim=0, descending=True, stable=True)
+    hit = targets.gather(0, order).double()            # (n, c): 1 where the r-th ranked row is positive
+    rank = torch.arange(1, len(hit) + 1, dtype=torch.float64, device=hit.device)[:, None]
+    return (hit.cumsum(0) / rank * hit).sum(0) / hit.sum(0)          # 0 / 0 = NaN without positives
+
+def r_precision(scores: Tensor, targets: Tensor) -> Tensor:
+    """Per row `(n,)` of `scores` `(n, c)`: the fraction of its k positives among its k top scores; NaN for a
+    row without positives."""
+    k = targets.sum(1)
+    hit = targets.gather(1, scores.argsort(dim=1, descending=True, stable=True))   # (n, c): in score order
+    top = torch.arange(scores.shape[1], device=scores.device) < k[:, None]         # (n, c): the k best
+    return (hit & top).sum(1).double() / k
+
+def random_ap(n_pos: Tensor, n: int) -> Tensor:
+    "Expected AP of a uniformly random ranking of `n` rows of which `n_pos` (a tensor, >= 1) are positive."
+    m = n_pos.double()
+    if n == 1: return torch.ones_like(m)
+    h_n = (1 / torch.arange(1, n + 1, dtype=torch.float64)).sum()
+    return (m - 1) / (n - 1) + h_n * (n - m) / (n * (n - 1))
+
+# %% ../nbs/06_eval.ipynb #0e33437a
+def reliability(probs: Tensor, targets: Tensor, n_bins: int = 10) -> dict:
+    """Reliability diagram of probabilities against boolean `targets` (same shape, flattened): per equal-width
+    bin of probability its `count`, `confidence` (mean probability) and `frequency` (fraction of true targets),
+    None for an empty bin; and the expected calibration error `ece` (the count-weighted mean of
+    |frequency - confidence|)."""
+    p, y = probs.flatten().double(), targets.flatten().double()
+    bins = (p * n_bins).long().clamp(0, n_bins - 1)                  # p = 1 goes into the last bin
+    count = torch.bincount(bins, minlength=n_bins).double()
+    confidence = torch.bincount(bins, p, minlength=n_bins) / count   # NaN in an empty bin
+    frequency = torch.bincount(bins, y, minlength=n_bins) / count
+    ece = (count / len(p) * (frequency - confidence).abs()).nansum().item()
+    listed = lambda t: [None if v != v else v for v in t.tolist()]   # NaN -> None: JSON stays valid
+    return {'count': count.long().tolist(), 'confidence': listed(confidence), 'frequency': listed(frequency),
+            'ece': ece}
+
+# %% ../nbs/06_eval.ipynb #2d9d0efe
+def multi_label_metrics(probs: Tensor, targets: Tensor, threshold: float = 0.5) -> dict:
+    """Multi-label scores of `probs` `(n, c)` against boolean `targets` `(n, c)`, a label predicted where
+    p > `threshold`: `exact_set`, micro `precision` and `recall` (None when undefined), `map` over the labels
+    with a positive, `r_precision` over the images with one, `ece` (10 bins), and `chance`: the same metrics
+    for guesses that ignore the image."""
+    if probs.ndim != 2 or targets.shape != probs.shape or not len(probs):
+        raise ValueError(f"need probs and targets of one shape (n, c), n >= 1, got {tuple(probs.shape)} "
+                         f"and {tuple(targets.shape)}")
+    targets = targets.to(probs.device).bool()
+    predicted = probs > threshold
+    tp, n_pred, n_true = (predicted & targets).sum().item(), predicted.sum().item(), targets.sum().item()
+    has, has_row = targets.any(0), targets.any(1)                    # labels and images with a positive
+    ap, rp = average_precision(probs, targets)[has], r_precision(probs, targets)[has_row]
+    chance_ap = random_ap(targets.sum(0)[has], len(probs))
+    chance_rp = targets.sum(1)[has_row].double() / targets.shape[1]  # k of c labels: k/c in a random top k
+    prevalence = targets.double().mean().item()
+    mean = lambda t: t.mean().item() if len(t) else None              # None, not NaN: JSON stays valid
+    return {'n': len(probs), 'labels_per_image': targets.sum(1).double().mean().item(),
+            'exact_set': (predicted == targets).all(1).double().mean().item(),
+            'precision': tp / n_pred if n_pred else None, 'recall': tp / n_true if n_true else None,
+            'map': mean(ap), 'r_precision': mean(rp), 'ece': reliability(probs, targets)['ece'],
+            'chance': {'exact_set': max(Counter(map(tuple, targets.tolist())).values()) / len(probs),
+                       'precision': prevalence, 'recall': prevalence, 'map': mean(chance_ap),
+                       'r_precision': mean(chance_rp)}}
+
+# %% ../nbs/06_eval.ipynb #fdb14254
+PAIRS = tuple((c, s) for c in COLOURS for s in SHAPES)     # the 28 labels, in task_prompts('pair') order
+
+def pair_targets(scenes: Sequence[Sequence[dict]]) -> Tensor:
+    "`(n, 28)` boolean: scene i holds an object of colour–shape pair `PAIRS[j]`."
+    return torch.tensor([[p in {(o['colour'], o['shape']) for o in s} for p in PAIRS] for s in scenes])
+
+@torch.no_grad()
+def pair_probs(model: nn.Module, tok: Tokenizer, zimg: Tensor, template: str = 'a {colour} {shape}') -> Tensor:
+    "p(match) `(n, 28)` of image embeddings `zimg` and one prompt per pair, with the model's own t and b."
+    scale, bias = model.logit()
+    ztxt = embed(model, tokens=tok([template.format(colour=c, shape=s) for c, s in PAIRS]))
+    return match_probs(zimg, ztxt, scale.item(), bias.item())
+
+def multi_label_shapes(model: nn.Module, tok: Tokenizer, n: int = 500, seed: int = 0, image_size: int = 32,
+                       threshold: float = 0.5) -> dict:
+    "`multi_label_metrics` of the 28 pair prompts on `n` validation scenes of one to three objects."
+    val = ShapesDataset(n, 'val', seed=seed, image_size=image_size, max_objects=3)
+    probs = pair_probs(model, tok, embed(model, val.images))
+    return multi_label_metrics(probs, pair_targets(val.scenes), threshold)
+
+# %% ../nbs/06_eval.ipynb #57e0cccb
 def same_key(keys: Sequence[Hashable]) -> Tensor:
     "`(n, n)` boolean matrix: `keys[i] == keys[j]`."
     ids = {k: i for i, k in enumerate(dict.fromkeys(keys))}
@@ -113,29 +226,71 @@ def same_key(keys: Sequence[Hashable]) -> Tensor:
     return t[:, None] == t[None, :]
 
 def retrieval(model: nn.Module, tok: Tokenizer, images: Tensor, captions: Sequence[str], keys: Sequence[Hashable]) -> dict:
-    "Recall@1/5/10 both ways with `keys`-equality positives, plus `exact_caption` R@1 (identical strings only)."
+    """Recall@1/5/10 both ways with `keys`-equality positives, plus `exact_caption` R@1 (identical strings
+    only), each with its `chance_r{k}` and `matches_per_image` (the positives are symmetric, so text->image
+    chance is the same)."""
     sim = embed(model, images) @ embed(model, tokens=tok(list(captions))).T       # (N, N)
-    exact = recall_at_k(sim, same_key(captions), ks=(1,))
-    return {**recall_at_k(sim, same_key(keys)), 'n': len(captions), 'exact_caption': exact}
+    positives, identical = same_key(keys), same_key(captions)
+    exact = {**recall_at_k(sim, identical, ks=(1,)), **chance_recall(identical, ks=(1,))}
+    return {**recall_at_k(sim, positives), **chance_recall(positives), 'n': len(captions),
+            'exact_caption': exact}
 
 def scene_key(scene: Sequence[dict]) -> tuple:
     "What a shapes caption can be judged on: the sorted colour–shape pairs of the scene."
     return tuple(sorted((o['colour'], o['shape']) for o in scene))
 
 # %% ../nbs/06_eval.ipynb #e8a1425f
+def zero_shot_chance(data: str = 'shapes') -> dict[str, float]:
+    "For each zero-shot task `evaluate` reports on `data`: the accuracy of guessing uniformly among its classes."
+    if data == 'digits': return {'digit': 1 / len(task_prompts('digit'))}
+    c = {task: 1 / len(task_prompts(task)) for task in ('colour', 'shape', 'pair', 'count')}
+    return {'colour': c['colour'], 'shape': c['shape'], 'shape_via_pair': c['shape'], 'count': c['count'],
+            'held_out_pairs': c['pair'], 'seen_pairs': c['pair']}       # the pairs are picked among all 28
+
 def evaluate(model: nn.Module, tok: Tokenizer, data: str = 'shapes', n: int = 1000, seed: int = 0, image_size: int = 32) -> dict:
-    "All metrics for a model trained on `data`: `{'zero_shot': {task: acc}, 'retrieval': {...}}` on validation data."
+    """All metrics for a model trained on `data`, on validation data: `{'zero_shot': {task: acc},
+    'retrieval': {...}, 'zero_shot_chance': {task: acc}}`, and for shapes `'multi_label'` (`multi_label_shapes`
+    on n/2 scenes)."""
     model.eval()
     if data == 'shapes':
         val = ShapesDataset(n, 'val', seed=seed, image_size=image_size)
-        return {'zero_shot': zero_shot_shapes(model, tok, n // 2, seed, image_size),
-                'retrieval': retrieval(model, tok, val.images[:n], val.captions[:n], [scene_key(s) for s in val.scenes])}
+        keys = [scene_key(s) for s in val.scenes]
+        multi = ShapesDataset(n // 2, 'val', seed=seed, image_size=image_size, max_objects=3)
+        z_multi = embed(model, multi.images)            # embedded once, for the count task and the multi-label one
+        return {'zero_shot': zero_shot_shapes(model, tok, n // 2, seed, image_size, z_multi),
+                'retrieval': retrieval(model, tok, val.images[:n], val.captions[:n], keys),
+                'zero_shot_chance': zero_shot_chance(data),
+                'multi_label': multi_label_metrics(pair_probs(model, tok, z_multi), pair_targets(multi.scenes))}
     if data == 'digits':
         val = DigitsDataset('val', seed=seed, image_size=image_size)
         sim = embed(model, val.images) @ class_embeddings(model, tok, task_prompts('digit')).T
         return {'zero_shot': {'digit': zero_shot_accuracy(sim, val.labels)},
-                'retrieval': retrieval(model, tok, val.images[:n], val.captions[:n], val.labels[:n].tolist())}
+                'retrieval': retrieval(model, tok, val.images[:n], val.captions[:n], val.labels[:n].tolist()),
+                'zero_shot_chance': zero_shot_chance(data)}
     raise ValueError(f"built-in evaluation knows 'shapes' and 'digits', not {data!r}")
+
+# %% ../nbs/06_eval.ipynb #9cdaa220
+def summary_table(metrics: dict) -> str:
+    "The headline numbers of `evaluate` beside their chance levels, as a Markdown table."
+    pct = lambda v: '–' if v is None else f'{100 * v:.1f}%'
+    chance = metrics['zero_shot_chance']
+    rows = [(f'zero-shot {task}', acc, chance[task]) for task, acc in metrics['zero_shot'].items()]
+    r, e = metrics['retrieval'], metrics['retrieval']['exact_caption']
+    for k in (1, 5, 10):
+        rows += [(f'{d} R@{k} among {r["n"]} (same content)', r[f'{d}_r{k}'], r[f'chance_r{k}'])
+                 for d in ('i2t', 't2i')]
+    rows += [(f'{d} R@1 (identical caption)', e[f'{d}_r1'], e['chance_r1']) for d in ('i2t', 't2i')]
+    if 'multi_label' in metrics:
+        ml = metrics['multi_label']
+        names = {'exact_set': 'exact set', 'precision': 'precision', 'recall': 'recall', 'map': 'mAP',
+                 'r_precision': 'R-precision'}
+        rows += [(f'multi-label {name}', ml[key], ml['chance'][key]) for key, name in names.items()]
+        rows.append(('multi-label calibration error (ECE)', ml['ece'], None))
+    lines = ['| metric | value | chance |', '|---|---|---|']
+    lines += [f'| {name} | {pct(v)} | {pct(c)} |' for name, v, c in rows]
+    lines.append(f"\nOf the {r['n']} captions, {r['matches_per_image']:.2f} count as correct for an image on "
+                 f"average (its own included) and {e['matches_per_image']:.2f} are word for word its own caption.")
+    return '\n'.join(lines)
 
 # %% ../nbs/06_eval.ipynb #f54c452f
 def plot_similarity(model: nn.Module, tok: Tokenizer, images: Tensor, captions: Sequence[str], ax=None):
@@ -148,6 +303,21 @@ def plot_similarity(model: nn.Module, tok: Tokenizer, images: Tensor, captions: 
     ax.figure.colorbar(im, ax=ax)
     return ax
 
+def plot_reliability(curves: dict[str, dict], ax=None):
+    """Reliability diagram: observed frequency against mean predicted probability per bin, one line per
+    `reliability` dict in `curves` (labelled with its ECE); on the dashed diagonal a probability means what it
+    says."""
+    import matplotlib.pyplot as plt
+    if ax is None: _, ax = plt.subplots(figsize=(4, 4), dpi=80)
+    ax.plot([0, 1], [0, 1], 'k--', lw=1)
+    for name, rel in curves.items():
+        points = [(c, f) for c, f in zip(rel['confidence'], rel['frequency']) if c is not None]
+        ax.plot(*zip(*points), 'o-', label=f"{name} (ECE {rel['ece']:.3f})")
+    ax.set_xlim(0, 1); ax.set_ylim(0, 1); ax.legend(fontsize=8, loc='lower right')
+    ax.set_xlabel('mean predicted probability in bin'); ax.set_ylabel('observed frequency in bin')
+    ax.set_title('reliability diagram')
+    return ax
+
 def plot_history(history: dict, ax=None):
     "Training loss per step and validation loss at each evaluation, on one log-scaled axis."
     import matplotlib.pyplot as plt
@@ -157,7 +327,7 @@ def plot_history(history: dict, ax=None):
     ax.set_yscale('log'); ax.set_xlabel('step'); ax.set_ylabel('loss (per image)'); ax.legend(); ax.set_title('training loss')
     return ax
 
-# %% ../nbs/06_eval.ipynb #7551f354
+# %% ../nbs/06_eval.ipynb #fd61579c
 def add_eval_args(parser: argparse.ArgumentParser) -> None:
     "Flags of `minisiglip eval`."
     parser.add_argument('checkpoint', help='a run folder (its newest ckpt_*) or a checkpoint folder')
@@ -173,5 +343,7 @@ def run_eval(args: argparse.Namespace) -> int:
     metrics = {'step': state['step'], **evaluate(model, tok, cfg['data'], args.n, seed, cfg['image_size'])}
     out = Path(args.json) if args.json else latest_checkpoint(args.checkpoint).parent / 'eval.json'   # not inside a ckpt_* a later save may delete
     out.write_text(json.dumps(metrics, indent=1))
-    print(json.dumps(metrics, indent=1)); print(f'written to {out}')
+    print(json.dumps(metrics, indent=1))
+    print(summary_table(metrics))
+    print(f'written to {out}')
     return 0

@@ -20,8 +20,8 @@ from torch.profiler import profile, ProfilerActivity
 
 # %% auto #0
 __all__ = ['MASK_STRATEGIES', 'CLIP_INIT_SCALE', 'check_embeddings', 'check_scale_bias', 'sigmoid_loss', 'softmax_loss',
-           'sigmoid_logit_grad', 'softmax_logit_grad', 'logit_grad_to_inputs', 'prior_bias', 'ScaleBias',
-           'negative_mask', 'masked_sigmoid_loss', 'peak_bytes', 'add_losses_args', 'run_losses']
+           'sigmoid_logit_grad', 'softmax_logit_grad', 'logit_grad_to_inputs', 'markdown_table', 'prior_bias',
+           'ScaleBias', 'negative_mask', 'masked_sigmoid_loss', 'peak_bytes', 'add_losses_args', 'run_losses']
 
 # %% ../nbs/00_losses.ipynb #33280140
 def check_embeddings(zimg: Tensor, ztxt: Tensor) -> None:
@@ -101,7 +101,7 @@ def logit_grad_to_inputs(grad_logits: Tensor, zimg: Tensor, ztxt: Tensor, scale:
             (grad_logits * (zimg @ ztxt.T)).sum(), grad_logits.sum())
 
 # %% ../nbs/00_losses.ipynb #a44a5e8c
-def _markdown_table(header: list[str], rows: list[tuple]) -> str:
+def markdown_table(header: list[str], rows: list[tuple]) -> str:
     "A Markdown pipe table; floats shown with 4 significant digits."
     fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)
     return '\n'.join(['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)] + ['| ' + ' | '.join(map(fmt, r)) + ' |' for r in rows])
@@ -124,18 +124,23 @@ class ScaleBias(nn.Module):
     def forward(self) -> tuple[Tensor, Tensor]: return self.log_scale.exp(), self.bias
 
 # %% ../nbs/00_losses.ipynb #823b9d6c
-MASK_STRATEGIES = ('random', 'hard', 'easy')
+MASK_STRATEGIES = ('random', 'hard', 'easy', 'hard_per_image')
 
 def negative_mask(logits: Tensor, keep_ratio: float, strategy: str = 'random', generator: torch.Generator | None = None) -> Tensor:
-    "Boolean (n, n) mask of the pairs to keep: all positives plus round(keep_ratio * (n^2 - n)) negatives, chosen at random, hardest (highest logits) or easiest (lowest)."
+    """Boolean (n, n) mask of the pairs to keep: all positives plus round(keep_ratio * (n^2 - n)) negatives of the
+    batch, chosen at random, hardest (highest logits) or easiest (lowest); or, for 'hard_per_image', each image's own
+    round(keep_ratio * (n - 1)) hardest texts."""
     _check_logits(logits)
     if strategy not in MASK_STRATEGIES: raise ValueError(f"strategy must be one of {MASK_STRATEGIES}, got {strategy!r}")
     if not isinstance(keep_ratio, (int, float)) or not 0 <= keep_ratio <= 1:
         raise ValueError(f"keep_ratio must be a number in [0, 1], got {keep_ratio!r}")
     n = len(logits); eye = torch.eye(n, dtype=torch.bool, device=logits.device)
     if strategy == 'random': score = torch.rand(n, n, generator=generator, device=logits.device)
-    else: score = logits.detach() if strategy == 'hard' else -logits.detach()
+    else: score = -logits.detach() if strategy == 'easy' else logits.detach()
     score = score.masked_fill(eye, -math.inf)                          # positives never take a negative's slot
+    if strategy == 'hard_per_image':
+        rows = score.topk(round(keep_ratio * (n - 1)), dim=1).indices
+        return torch.zeros(n, n, dtype=torch.bool, device=logits.device).scatter_(1, rows, True) | eye
     keep = torch.zeros(n * n, dtype=torch.bool, device=logits.device)
     keep[score.flatten().topk(round(keep_ratio * (n * n - n))).indices] = True
     return keep.view(n, n) | eye
@@ -198,5 +203,5 @@ def run_losses(args: argparse.Namespace) -> int:
             start = time.perf_counter(); loss = loss_fn(x, y); loss.backward(); times.append(time.perf_counter() - start)
         rows.append((name, f'{loss.item():.4f}', f'{x.grad.norm():.3e}', f'{y.grad.norm():.3e}', f'{1e3 * statistics.median(times[1:]):.2f}'))
     print(f'random normalised batch: n={args.n}, d={args.d}, seed={args.seed}, float32, {torch.get_num_threads()} threads')
-    print(_markdown_table(['loss', 'value', 'norm dL/dzimg', 'norm dL/dztxt', f'fwd+bwd ms (median of {args.repeats})'], rows))
+    print(markdown_table(['loss', 'value', 'norm dL/dzimg', 'norm dL/dztxt', f'fwd+bwd ms (median of {args.repeats})'], rows))
     return 0

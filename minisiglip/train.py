@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import base64
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -27,14 +28,16 @@ from .data import ShapesDataset, DigitsDataset, CaptionFileDataset, ImageCaption
 from .model import SigLIP, SigLIPConfig
 
 # %% auto #0
-__all__ = ['LOSSES', 'CKPT_PREFIX', 'TrainConfig', 'lr_at', 'batch_indices', 'build_data', 'get_batch', 'build_model',
-           'make_loss', 'setup_processes', 'optimizer_tensors', 'optimizer_state', 'save_checkpoint',
-           'latest_checkpoint', 'read_state', 'load_checkpoint', 'rng_to_text', 'rng_from_text', 'check_finite',
-           'train_step', 'make_optimizer', 'evaluate_loss', 'gather_rng', 'train', 'add_dataclass_args',
+__all__ = ['LOSSES', 'NOISE_KINDS', 'CKPT_PREFIX', 'STEP_STATS', 'TrainConfig', 'lr_at', 'batch_indices', 'build_data',
+           'builtin_data', 'get_batch', 'corrupt_batch', 'build_model', 'make_loss', 'setup_processes',
+           'optimizer_tensors', 'optimizer_state', 'save_checkpoint', 'latest_checkpoint', 'read_state',
+           'load_checkpoint', 'load_image_tower', 'rng_to_text', 'rng_from_text', 'logit_means', 'check_finite',
+           'train_step', 'make_optimizer', 'evaluate_loss', 'gather_rng', 'train', 'plot_logits', 'add_dataclass_args',
            'dataclass_from_args', 'add_train_args', 'config_from_args', 'run_train']
 
 # %% ../nbs/05_train.ipynb #17bc73fd
 LOSSES = ('sigmoid', 'chunked', 'ring', 'softmax')
+NOISE_KINDS = ('none', 'image', 'text', 'shuffle')
 
 @dataclass
 class TrainConfig:
@@ -43,7 +46,10 @@ class TrainConfig:
     steps: int = 300              # length of the schedule (the run ends here)
     batch_size: int = 128         # global batch: pairs per step summed over all ranks
     lr: float = 1e-3              # peak learning rate, reached after warm-up
-    weight_decay: float = 1e-4    # AdamW decay of weight matrices only, multiplied by the lr (the paper's 1e-4 is 0.1 here)
+    weight_decay: float = 1e-4    # AdamW decay of linear and conv kernels only, multiplied by the lr (the paper's 1e-4 is 0.1 here)
+    logit_lr_mult: float = 10.    # learning-rate multiplier of t' and b: Adam moves a scalar by <= lr a step (see below)
+    init_scale: float = 10.       # t = exp(t') at init (the paper's t' = log 10)
+    init_bias: float = -10.       # b at init (the paper's -10)
     beta2: float = 0.95           # the SigLIP paper's beta2: 0.999 makes large-batch sigmoid training unstable
     warmup_steps: int = 20        # linear warm-up from lr/warmup_steps to lr (a run shorter than this never peaks)
     schedule: str = 'cosine'      # 'cosine' decay to 0 after warm-up, or 'constant'
@@ -56,6 +62,10 @@ class TrainConfig:
     data: str = 'shapes'          # 'shapes', 'digits', or a caption file path (CSV/TSV/JSONL of image, caption)
     n_train: int = 20_000         # training pairs generated for 'shapes' (the order is reshuffled every epoch)
     image_size: int = 32          # side of the (square) images
+    noise: str = 'none'           # corrupt a fraction of every training batch: one of NOISE_KINDS (the paper's Fig. 7)
+    noise_frac: float = 0.        # the fraction of pairs of each batch that `noise` corrupts
+    init_image: str = ''          # a run folder whose image tower (and image size) this run starts from
+    freeze_image: bool = False    # keep the image tower fixed (with init_image: the paper's SigLiT)
     out_dir: str = 'runs/train'   # where checkpoints go
 
     def __post_init__(self):
@@ -65,6 +75,9 @@ class TrainConfig:
             if getattr(self, name) < 1: raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.warmup_steps < 0: raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
         if not 0 < self.beta2 < 1: raise ValueError(f"beta2 must be in (0, 1), got {self.beta2}")
+        if self.noise not in NOISE_KINDS: raise ValueError(f"noise must be one of {NOISE_KINDS}, got {self.noise!r}")
+        if not 0 <= self.noise_frac <= 1: raise ValueError(f"noise_frac must be in [0, 1], got {self.noise_frac}")
+        if self.logit_lr_mult < 0: raise ValueError(f"logit_lr_mult must be >= 0, got {self.logit_lr_mult}")
 
 # %% ../nbs/05_train.ipynb #dc2be77a
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -90,26 +103,49 @@ def batch_indices(seed: int, step: int, n_data: int, batch_size: int, rank: int 
 # %% ../nbs/05_train.ipynb #389fddc7
 def build_data(cfg: TrainConfig) -> tuple[ImageCaptionDataset, ImageCaptionDataset, Tokenizer]:
     "`(train_ds, val_ds, tokenizer)` for `cfg.data`: the built-in shapes or digits, or a user caption file or folder."
-    if cfg.data == 'shapes':
-        return (ShapesDataset(cfg.n_train, 'train', seed=cfg.seed, image_size=cfg.image_size),
-                ShapesDataset(1000, 'val', seed=cfg.seed, image_size=cfg.image_size), Tokenizer.for_shapes())
-    if cfg.data == 'digits':
-        return (DigitsDataset('train', seed=cfg.seed, image_size=cfg.image_size),
-                DigitsDataset('val', seed=cfg.seed, image_size=cfg.image_size), Tokenizer.for_digits())
+    if cfg.data in ('shapes', 'digits'): return builtin_data(cfg.data, cfg.n_train, cfg.seed, cfg.image_size)
     if not Path(cfg.data).exists(): raise ValueError(f"data must be 'shapes', 'digits' or an existing caption file or folder, got {cfg.data!r}")
     ds = CaptionFileDataset(cfg.data, image_size=cfg.image_size)   # user data: validation reuses the training pairs
     return ds, ds, Tokenizer.from_corpus(ds.captions)
+
+@functools.lru_cache(maxsize=4)
+def builtin_data(name: str, n_train: int, seed: int, image_size: int) -> tuple[ImageCaptionDataset, ImageCaptionDataset, Tokenizer]:
+    """The built-in datasets, generated once per process and setting: a study of many short runs (`09_paper`) would
+    otherwise spend as long drawing 20,000 scenes as training on them. Nothing in training modifies them."""
+    if name == 'shapes':
+        return (ShapesDataset(n_train, 'train', seed=seed, image_size=image_size),
+                ShapesDataset(1000, 'val', seed=seed, image_size=image_size), Tokenizer.for_shapes())
+    return (DigitsDataset('train', seed=seed, image_size=image_size),
+            DigitsDataset('val', seed=seed, image_size=image_size), Tokenizer.for_digits())
 
 def get_batch(ds: ImageCaptionDataset, tok: Tokenizer, idx: Tensor, device: torch.device) -> tuple[Tensor, Tensor]:
     "Images and tokenized captions of the pairs `idx` of an in-memory dataset, on `device`."
     return ds.images[idx].to(device), tok([ds.captions[i] for i in idx.tolist()]).to(device)
 
 # %% ../nbs/05_train.ipynb #af39535c
+def corrupt_batch(images: Tensor, tokens: Tensor, kind: str, frac: float, tok: Tokenizer) -> tuple[Tensor, Tensor]:
+    "Copies of `images` `(b, 3, S, S)` and `tokens` `(b, L)` with `round(frac * b)` random pairs corrupted by `kind`."
+    if kind not in NOISE_KINDS: raise ValueError(f"noise must be one of {NOISE_KINDS}, got {kind!r}")
+    idx = torch.randperm(len(images))[:round(frac * len(images))].to(images.device)
+    images, tokens = images.clone(), tokens.clone()
+    if kind == 'image': images[idx] = torch.rand(len(idx), *images.shape[1:]).to(images)
+    elif kind == 'text':
+        words = torch.randint(0, tok.vocab_size - 1, tokens[idx].shape).to(tokens)
+        words += (words >= tok.pad_id).long()                           # every id but the padding one
+        tokens[idx] = torch.where(tokens[idx] == tok.pad_id, tokens[idx], words)
+    elif kind == 'shuffle': tokens[idx] = tokens[idx[torch.randperm(len(idx)).to(idx.device)]]
+    return images, tokens
+
+# %% ../nbs/05_train.ipynb #0394c293
 def build_model(cfg: TrainConfig, tokenizer: Tokenizer) -> SigLIP:
-    "The SigLIP dual encoder of `cfg.preset`, sized for `tokenizer` and `cfg.image_size`, initialised from `cfg.seed`."
+    """The SigLIP dual encoder of `cfg.preset`, sized for `tokenizer` and `cfg.image_size`, initialised from `cfg.seed`
+    (its image tower from `cfg.init_image` if set, and kept fixed if `cfg.freeze_image`)."""
     torch.manual_seed(cfg.seed)
     model = SigLIP(SigLIPConfig.preset(cfg.preset, vocab_size=tokenizer.vocab_size, context_length=tokenizer.context_length,
-                                       pad_id=tokenizer.pad_id, image_size=cfg.image_size))
+                                       pad_id=tokenizer.pad_id, image_size=cfg.image_size,
+                                       init_scale=cfg.init_scale, init_bias=cfg.init_bias))
+    if cfg.init_image: load_image_tower(model, cfg.init_image)
+    if cfg.freeze_image: model.image.requires_grad_(False)         # out of AdamW and DDP: a locked tower (LiT)
     if cfg.loss == 'softmax': model.logit.bias.requires_grad_(False)   # CLIP has no bias: keep it out of AdamW and DDP
     return model
 
@@ -190,6 +226,16 @@ def load_checkpoint(path: str | Path) -> tuple[SigLIP, Tokenizer, dict]:
     load_model(model, str(ckpt / 'model.safetensors'))
     return model.eval(), Tokenizer.from_dict(state['tokenizer']), state
 
+def load_image_tower(model: SigLIP, run: str | Path) -> None:
+    "Copy the image tower of the checkpoint (or newest checkpoint of the run folder) `run` into `model`."
+    source = load_checkpoint(run)[0].image.state_dict()
+    ours = model.image.state_dict()
+    bad = [k for k in ours if k not in source or source[k].shape != ours[k].shape]
+    if bad: raise ValueError(f"the image tower of {run} does not fit this model (another preset or image_size?): "
+                             f"{bad[0]} is {tuple(source[bad[0]].shape) if bad[0] in source else 'missing'}, "
+                             f"here {tuple(ours[bad[0]].shape)}")
+    model.image.load_state_dict(source)
+
 # %% ../nbs/05_train.ipynb #03533368
 def rng_to_text(state: Tensor) -> str:
     "An RNG state (a uint8 tensor) as base64 text, so it can live in the JSON state without pickle."
@@ -197,6 +243,17 @@ def rng_to_text(state: Tensor) -> str:
 def rng_from_text(text: str) -> Tensor:
     "Inverse of `rng_to_text`: the uint8 RNG state tensor that `torch.set_rng_state` takes."
     return torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8)
+
+# %% ../nbs/05_train.ipynb #b3fafd90
+STEP_STATS = ('loss', 'grad_norm', 't', 'b', 'pos', 'neg')
+
+def logit_means(zimg: Tensor, ztxt: Tensor, scale: Tensor, bias: Tensor) -> tuple[Tensor, Tensor]:
+    "Mean positive and mean negative logit of a batch in O(nd), without the `(n, n)` logits."
+    with torch.no_grad():
+        n = len(zimg)
+        pos = (zimg * ztxt).sum(1).sum()                     # the diagonal's cosines, summed
+        neg = (zimg.sum(0) @ ztxt.sum(0) - pos) / max(n * n - n, 1)
+        return scale * pos / n + bias, scale * neg + bias
 
 # %% ../nbs/05_train.ipynb #c56814dd
 def check_finite(step: int, world: int, **tensors: Tensor) -> None:
@@ -210,9 +267,11 @@ def check_finite(step: int, world: int, **tensors: Tensor) -> None:
 
 # %% ../nbs/05_train.ipynb #aff9d963
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn, images: Tensor, tokens: Tensor,
-               step: int, lr: float, grad_clip: float, world: int = 1) -> tuple[float, float]:
-    "One AdamW step at learning rate `lr`; returns `(full-batch loss, gradient norm)`; raises before updating on NaN/inf."
-    for group in optimizer.param_groups: group['lr'] = lr
+               step: int, lr: float, grad_clip: float, world: int = 1) -> dict[str, float]:
+    """One AdamW step at learning rate `lr` (times each group's `lr_mult`); raises before updating on NaN/inf.
+    Returns the full-batch `loss`, the `grad_norm`, `t`, `b` and the mean `pos`itive and `neg`ative logits, read
+    from the device in one transfer."""
+    for group in optimizer.param_groups: group['lr'] = lr * group.get('lr_mult', 1.)
     zimg, ztxt, scale, bias = model(images, tokens)
     check_finite(step, world, zimg=zimg, ztxt=ztxt, scale=scale, bias=bias)
     loss = loss_fn(zimg, ztxt, scale, bias)
@@ -224,15 +283,21 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn, imag
     gnorm = nn.utils.clip_grad_norm_(model.parameters(), grad_clip or float('inf'))
     check_finite(step, 1, grad_norm=gnorm)               # DDP made the gradients equal on every rank
     optimizer.step()
-    return mean.item(), gnorm.item()
+    stats = torch.stack([mean, gnorm, scale.detach(), bias.detach(), *logit_means(zimg, ztxt, scale, bias)])
+    return dict(zip(STEP_STATS, stats.tolist()))
 
 # %% ../nbs/05_train.ipynb #8340dbc0
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
-    "AdamW with `cfg.beta2`, decaying only matrices: norms, biases and the learnable scale/bias are not shrunk to 0."
+    """AdamW with `cfg.beta2` and up to three groups: the kernels of linear and conv layers decay; everything else
+    (norms, biases, token and position embeddings, the MAP probe) does not; t' and b (`model.logit`) take
+    `cfg.logit_lr_mult` times the learning rate, without decay."""
+    logit = {id(p) for p in model.logit.parameters()} if isinstance(getattr(model, 'logit', None), nn.Module) else set()
+    kernels = {id(m.weight) for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))}
     params = [p for p in model.parameters() if p.requires_grad]
-    return torch.optim.AdamW([{'params': [p for p in params if p.ndim >= 2], 'weight_decay': cfg.weight_decay},
-                              {'params': [p for p in params if p.ndim < 2], 'weight_decay': 0.}],
-                             lr=cfg.lr, betas=(0.9, cfg.beta2))
+    groups = [dict(params=[p for p in params if id(p) in kernels], weight_decay=cfg.weight_decay, lr_mult=1.),
+              dict(params=[p for p in params if id(p) not in kernels | logit], weight_decay=0., lr_mult=1.),
+              dict(params=[p for p in params if id(p) in logit], weight_decay=0., lr_mult=cfg.logit_lr_mult)]
+    return torch.optim.AdamW([g for g in groups if g['params']], lr=cfg.lr, betas=(0.9, cfg.beta2))
 
 # %% ../nbs/05_train.ipynb #b8200c77
 def evaluate_loss(model: nn.Module, images: Tensor, tokens: Tensor, loss: str) -> float:
@@ -255,14 +320,17 @@ def gather_rng(world: int, device: torch.device) -> list[str]:
     return [rng_to_text(s.cpu()) for s in states]
 
 # %% ../nbs/05_train.ipynb #d2272c8d
-def train(cfg: TrainConfig, resume: bool = False, stop_at: int | None = None) -> tuple[SigLIP, dict]:
-    "Train (one process or `torchrun`), checkpointing to `cfg.out_dir`; returns the model and the run's state dict."
+def train(cfg: TrainConfig, resume: bool = False, stop_at: int | None = None, loss_fn=None) -> tuple[SigLIP, dict]:
+    """Train (one process or `torchrun`), checkpointing to `cfg.out_dir`; returns the model and the run's state dict.
+    `loss_fn(zimg, ztxt, scale, bias)` replaces the loss `cfg.loss` names (e.g. a masked sigmoid loss); it is not
+    saved, so a resumed run must pass it again."""
     rank, world, device, own_group = setup_processes()
-    try: return _train(cfg, resume, stop_at, rank, world, device)
+    try: return _train(cfg, resume, stop_at, rank, world, device, loss_fn or make_loss(cfg, world))
     finally:
         if own_group: dist.destroy_process_group()        # also when a step raised: no process is left waiting
 
-def _train(cfg: TrainConfig, resume: bool, stop_at: int | None, rank: int, world: int, device: torch.device) -> tuple[SigLIP, dict]:
+def _train(cfg: TrainConfig, resume: bool, stop_at: int | None, rank: int, world: int, device: torch.device,
+           loss_fn) -> tuple[SigLIP, dict]:
     "The body of `train` once the process layout is known: build, maybe resume, loop, evaluate, checkpoint."
     train_ds, val_ds, tok = build_data(cfg)
     if cfg.batch_size > len(train_ds):   # a batch would hold some pair twice, each copy a "negative" of the other
@@ -270,7 +338,7 @@ def _train(cfg: TrainConfig, resume: bool, stop_at: int | None, rank: int, world
     model = build_model(cfg, tok).to(device).train()
     optimizer = make_optimizer(model, cfg)
     state = {'step': 0, 'config': dataclasses.asdict(cfg), 'model_config': dataclasses.asdict(model.cfg),
-             'tokenizer': tok.to_dict(), 'history': {'loss': [], 'lr': [], 'grad_norm': [], 'val': []}}
+             'tokenizer': tok.to_dict(), 'history': {'lr': [], **{k: [] for k in STEP_STATS}, 'val': []}}
     ckpt = latest_checkpoint(cfg.out_dir) if Path(cfg.out_dir).exists() else None
     if ckpt is not None and not resume:
         raise FileExistsError(f"{cfg.out_dir} already holds {ckpt.name}: pass resume=True (--resume) or use another out_dir")
@@ -292,9 +360,12 @@ def _train(cfg: TrainConfig, resume: bool, stop_at: int | None, rank: int, world
     bar = tqdm(range(state['step'], stop), initial=state['step'], total=cfg.steps, disable=rank != 0, mininterval=1, desc='train')
     for step in bar:
         images, tokens = get_batch(train_ds, tok, batch_indices(cfg.seed, step, len(train_ds), cfg.batch_size, rank, world), device)
+        if cfg.noise != 'none': images, tokens = corrupt_batch(images, tokens, cfg.noise, cfg.noise_frac, tok)
         lr = lr_at(step, cfg)
-        loss, gnorm = train_step(net, optimizer, make_loss(cfg, world), images, tokens, step, lr, cfg.grad_clip, world)
-        h = state['history']; h['loss'].append(loss); h['lr'].append(lr); h['grad_norm'].append(gnorm)
+        stats = train_step(net, optimizer, loss_fn, images, tokens, step, lr, cfg.grad_clip, world)
+        h = state['history']; h['lr'].append(lr)
+        for k, v in stats.items(): h[k].append(v)
+        loss = stats['loss']
         state['step'] = done = step + 1
         if rank == 0 and ((cfg.eval_every and done % cfg.eval_every == 0) or done == stop):
             h['val'].append({'step': done, 'loss': evaluate_loss(model, val_images, val_tokens, cfg.loss)})
@@ -304,6 +375,20 @@ def _train(cfg: TrainConfig, resume: bool, stop_at: int | None, rank: int, world
             if rank == 0: save_checkpoint(cfg.out_dir, model, optimizer, {**state, 'rng': rng})
     bar.close()
     return model.eval(), state
+
+# %% ../nbs/05_train.ipynb #20b12451
+def plot_logits(history: dict, ax=None):
+    "t (right axis), b and the mean positive and negative logits (left axis) per training step (or every `history['every']`)."
+    import matplotlib.pyplot as plt
+    if ax is None: _, ax = plt.subplots(figsize=(6, 3.5), dpi=80)
+    steps = [history.get('every', 1) * i for i in range(1, len(history['b']) + 1)]   # a thinned history says `every`
+    for key, label, style in (('pos', 'mean positive logit', 'C2'), ('neg', 'mean negative logit', 'C3'), ('b', 'bias b', 'k')):
+        ax.plot(steps, history[key], style, lw=1, label=label)
+    ax.axhline(0, color='grey', lw=0.5); ax.set_xlabel('step'); ax.set_ylabel('logit')
+    right = ax.twinx(); right.plot(steps, history['t'], 'C0--', lw=1)
+    right.set_ylabel('temperature t (dashed)', color='C0'); right.tick_params(axis='y', colors='C0')
+    ax.legend(fontsize=8, loc='lower right'); ax.set_title('temperature, bias and mean logits')
+    return ax
 
 # %% ../nbs/05_train.ipynb #bf2f180d
 def add_dataclass_args(parser: argparse.ArgumentParser, cls, choices: dict | None = None, skip: tuple = ()) -> None:
@@ -325,7 +410,7 @@ def dataclass_from_args(cls, args: argparse.Namespace, **overrides):
 
 def add_train_args(parser: argparse.ArgumentParser) -> None:
     "Add one `--flag` per `TrainConfig` field (defaults from the dataclass), plus `--resume` and `--stop-at`."
-    add_dataclass_args(parser, TrainConfig, choices={'loss': LOSSES})
+    add_dataclass_args(parser, TrainConfig, choices={'loss': LOSSES, 'noise': NOISE_KINDS})
     parser.add_argument('--out', dest='out_dir', help='alias of --out-dir')
     parser.add_argument('--resume', action='store_true', help='continue from the newest checkpoint in --out-dir')
     parser.add_argument('--stop-at', type=int, default=None, help='stop after this step (the schedule still spans --steps)')

@@ -54,3 +54,26 @@ def test_vlm_train_and_ask(run_env, tmp_path):
 def test_vlm_demo_without_siglip_run_says_how(run_env, tmp_path):
     res = minisiglip('vlm', 'demo', '--siglip', str(tmp_path / 'nothing'), '--out', str(tmp_path / 'v'), env=run_env)
     assert res.returncode == 2 and 'minisiglip demo --out' in res.stderr and 'Traceback' not in res.stderr
+
+
+def test_eval_reports_chance_levels_and_multi_label(run_env, tmp_path):
+    "`eval` on a 2-step run: eval.json holds the chance levels and multi-label metrics; stdout ends in the summary."
+    import json
+    run = tmp_path / 'run'
+    res = minisiglip('train', '--preset', 'tiny_wide', '--steps', '2', '--batch-size', '16', '--n-train', '64',
+                     '--eval-every', '0', '--out', str(run), env=run_env)
+    assert res.returncode == 0, res.stderr
+    res = minisiglip('eval', str(run), '--n', '40', env=run_env)
+    assert res.returncode == 0, res.stderr
+    m = json.loads((run / 'eval.json').read_text())
+    assert set(m['zero_shot_chance']) == set(m['zero_shot']) and m['zero_shot_chance']['colour'] == 1 / 7
+    r = m['retrieval']
+    assert r['n'] == 40 and r['matches_per_image'] >= 1
+    assert abs(r['chance_r1'] - r['matches_per_image'] / 40) < 1e-9            # R@1 by chance: m / n
+    assert r['chance_r1'] <= r['chance_r5'] <= r['chance_r10'] <= 1
+    assert {'i2t_r1', 't2i_r1', 'chance_r1', 'matches_per_image'} <= set(r['exact_caption'])
+    ml = m['multi_label']
+    assert ml['n'] == 20 and {'exact_set', 'precision', 'recall', 'map', 'r_precision', 'ece'} <= set(ml)
+    assert set(ml['chance']) == {'exact_set', 'precision', 'recall', 'map', 'r_precision'}
+    for line in ('| multi-label mAP |', '| i2t R@1 among 40 (same content) |', '| zero-shot colour |'):
+        assert line in res.stdout, res.stdout

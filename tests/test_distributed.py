@@ -10,7 +10,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 from minisiglip.losses import sigmoid_loss, softmax_loss, ScaleBias
-from minisiglip.distributed import LOSSES, _check_same_shape, loss_step, ring_sigmoid_loss, gather_softmax_loss, spawn
+from minisiglip.distributed import (LOSSES, _check_same_shape, loss_step, ring_sigmoid_loss, gather_softmax_loss,
+                                    gather_sigmoid_loss, spawn)
 
 B, D, SEED, CHUNK, SCALE, BIAS = 4, 5, 7, 3, 3.7, -2.3     # chunk 3 does not divide b = 4: a ragged last chunk
 
@@ -43,7 +44,7 @@ def test_losses_and_gradients_match_full_batch(W):
         torch.testing.assert_close(sum(r['dscale'] for r in res), gt, rtol=0, atol=1e-12)
         if method != 'gather-softmax':
             torch.testing.assert_close(sum(r['dbias'] for r in res), gc, rtol=0, atol=1e-12)
-            steps = W // 2 if method == 'ring-bidir' else W - 1
+            steps = {'ring': W - 1, 'ring-bidir': W // 2, 'gather-sigmoid': 2 * (W - 1)}[method]   # gather: textbook
             assert all(r['steps'] == steps for r in res)
             assert all(r['bytes_sent'] == 2 * (W - 1) * B * D * 8 for r in res)   # W-1 text blocks out, W-1 gradients home
 
@@ -54,6 +55,42 @@ def test_world_size_one_without_process_group():
     x, y = (F.normalize(torch.randn(5, 3, generator=g, dtype=torch.float64), dim=-1) for _ in range(2))
     torch.testing.assert_close(ring_sigmoid_loss(x, y, SCALE, BIAS, chunk_size=2), sigmoid_loss(x, y, SCALE, BIAS))
     torch.testing.assert_close(gather_softmax_loss(x, y, SCALE), softmax_loss(x, y, SCALE))
+    torch.testing.assert_close(gather_sigmoid_loss(x, y, SCALE, BIAS, chunk_size=2), sigmoid_loss(x, y, SCALE, BIAS))
+
+
+def _ring_and_gather_sigmoid():
+    "Each rank's loss and gradients from the ring and from the all-gather sigmoid, for whole and ragged chunks."
+    rank, W = dist.get_rank(), dist.get_world_size()
+    g = torch.Generator().manual_seed(SEED)
+    zi, zt = (F.normalize(torch.randn(W * B, D, generator=g, dtype=torch.float64), dim=-1)[rank * B:(rank + 1) * B]
+              for _ in range(2))
+    out = []
+    for loss_fn in (ring_sigmoid_loss, gather_sigmoid_loss):
+        for chunk_size in (None, CHUNK):
+            x, y = zi.clone().requires_grad_(), zt.clone().requires_grad_()
+            t, c = (torch.tensor(v, dtype=torch.float64, requires_grad=True) for v in (SCALE, BIAS))
+            loss = loss_fn(x, y, t, c, chunk_size=chunk_size)
+            out.append((loss.detach(), *torch.autograd.grad(loss, (x, y, t, c))))
+    return out
+
+
+def test_gather_sigmoid_has_the_ring_contract_on_two_ranks():
+    "Rank by rank, the all-gather sigmoid gives the ring's loss and gradients; their mean and sum are the full batch's."
+    W = 2
+    per_rank = spawn(_ring_and_gather_sigmoid, W)
+    loss, gx, gy, gt, gc = full_batch('gather-sigmoid', W)
+    for rank, results in enumerate(per_rank):
+        ring, gather = results[:2], results[2:]
+        for r, q in zip(ring + ring, gather + gather[::-1]):     # both chunkings against both
+            for a, e in zip(q, r): torch.testing.assert_close(a, e, rtol=0, atol=1e-12)
+        sl = slice(rank * B, (rank + 1) * B)
+        for _, dx, dy, _, _ in gather:
+            torch.testing.assert_close(dx, gx[sl], rtol=0, atol=1e-12)
+            torch.testing.assert_close(dy, gy[sl], rtol=0, atol=1e-12)
+    for i in range(2, 4):                                        # the all-gather sigmoid's rows, both chunkings
+        torch.testing.assert_close(sum(p[i][0] for p in per_rank) / W, loss, rtol=0, atol=1e-12)
+        torch.testing.assert_close(sum(p[i][3] for p in per_rank), gt, rtol=0, atol=1e-12)
+        torch.testing.assert_close(sum(p[i][4] for p in per_rank), gc, rtol=0, atol=1e-12)
 
 
 class Tiny(nn.Module):
