@@ -39,7 +39,8 @@ def save_plots(out: Path, model, tok, history: dict, zero_shot: dict[str, float]
     import matplotlib.pyplot as plt
     val = ShapesDataset(12, 'val', seed=seed + 1)
     paths = []
-    for name, draw in (('loss', lambda ax: plot_history(history, ax)), ('logits', lambda ax: plot_logits(history, ax)),
+    for name, draw in (('loss', lambda ax: plot_history(history, ax)),
+                       ('logits', lambda ax: plot_logits(history, ax)),
                        ('similarity', lambda ax: plot_similarity(model, tok, val.images, val.captions, ax)),
                        ('zero_shot', lambda ax: plot_zero_shot(zero_shot, ax))):
         fig, ax = plt.subplots(figsize=(6, 3.5), dpi=80)
@@ -73,8 +74,8 @@ def report(metrics: dict) -> str:
     "A few lines summarising a demo run."
     zs = ', '.join(f'{k} {100 * v:.1f}%' for k, v in metrics['zero_shot'].items())
     r = metrics['retrieval']
-    return (f"trained {metrics['steps']} steps in {metrics['train_s']:.0f} s (total {metrics['wall_s']:.0f} s), final loss {metrics['final_loss']:.3f}, "
-            f"t {metrics['final_t']:.1f}, b {metrics['final_b']:.2f}\n"
+    return (f"trained {metrics['steps']} steps in {metrics['train_s']:.0f} s (total {metrics['wall_s']:.0f} s), "
+            f"final loss {metrics['final_loss']:.3f}, t {metrics['final_t']:.1f}, b {metrics['final_b']:.2f}\n"
             f"zero-shot: {zs}\n"
             f"retrieval among {r['n']}: i2t R@1/5/10 {100 * r['i2t_r1']:.1f}/{100 * r['i2t_r5']:.1f}/{100 * r['i2t_r10']:.1f}%, "
             f"t2i R@1/5/10 {100 * r['t2i_r1']:.1f}/{100 * r['t2i_r5']:.1f}/{100 * r['t2i_r10']:.1f}%")

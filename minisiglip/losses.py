@@ -203,5 +203,6 @@ def run_losses(args: argparse.Namespace) -> int:
             start = time.perf_counter(); loss = loss_fn(x, y); loss.backward(); times.append(time.perf_counter() - start)
         rows.append((name, f'{loss.item():.4f}', f'{x.grad.norm():.3e}', f'{y.grad.norm():.3e}', f'{1e3 * statistics.median(times[1:]):.2f}'))
     print(f'random normalised batch: n={args.n}, d={args.d}, seed={args.seed}, float32, {torch.get_num_threads()} threads')
-    print(markdown_table(['loss', 'value', 'norm dL/dzimg', 'norm dL/dztxt', f'fwd+bwd ms (median of {args.repeats})'], rows))
+    header = ['loss', 'value', 'norm dL/dzimg', 'norm dL/dztxt', f'fwd+bwd ms (median of {args.repeats})']
+    print(markdown_table(header, rows))
     return 0

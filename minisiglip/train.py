@@ -46,8 +46,8 @@ class TrainConfig:
     steps: int = 300              # length of the schedule (the run ends here)
     batch_size: int = 128         # global batch: pairs per step summed over all ranks
     lr: float = 1e-3              # peak learning rate, reached after warm-up
-    weight_decay: float = 1e-4    # AdamW decay of linear and conv kernels only, multiplied by the lr (the paper's 1e-4 is 0.1 here)
-    logit_lr_mult: float = 10.    # learning-rate multiplier of t' and b: Adam moves a scalar by <= lr a step (see below)
+    weight_decay: float = 1e-4    # AdamW decay of linear/conv kernels, times the lr (the paper's 1e-4 is 0.1 here)
+    logit_lr_mult: float = 10.    # lr multiplier of t' and b: Adam moves a scalar by <= lr a step (see below)
     init_scale: float = 10.       # t = exp(t') at init (the paper's t' = log 10)
     init_bias: float = -10.       # b at init (the paper's -10)
     beta2: float = 0.95           # the SigLIP paper's beta2: 0.999 makes large-batch sigmoid training unstable
@@ -109,7 +109,8 @@ def build_data(cfg: TrainConfig) -> tuple[ImageCaptionDataset, ImageCaptionDatas
     return ds, ds, Tokenizer.from_corpus(ds.captions)
 
 @functools.lru_cache(maxsize=4)
-def builtin_data(name: str, n_train: int, seed: int, image_size: int) -> tuple[ImageCaptionDataset, ImageCaptionDataset, Tokenizer]:
+def builtin_data(name: str, n_train: int, seed: int,
+                 image_size: int) -> tuple[ImageCaptionDataset, ImageCaptionDataset, Tokenizer]:
     """The built-in datasets, generated once per process and setting: a study of many short runs (`09_paper`) would
     otherwise spend as long drawing 20,000 scenes as training on them. Nothing in training modifies them."""
     if name == 'shapes':
@@ -378,11 +379,12 @@ def _train(cfg: TrainConfig, resume: bool, stop_at: int | None, rank: int, world
 
 # %% ../nbs/05_train.ipynb #20b12451
 def plot_logits(history: dict, ax=None):
-    "t (right axis), b and the mean positive and negative logits (left axis) per training step (or every `history['every']`)."
+    "t (right axis), b and the mean positive and negative logits (left axis) per step (or every `history['every']`)."
     import matplotlib.pyplot as plt
     if ax is None: _, ax = plt.subplots(figsize=(6, 3.5), dpi=80)
     steps = [history.get('every', 1) * i for i in range(1, len(history['b']) + 1)]   # a thinned history says `every`
-    for key, label, style in (('pos', 'mean positive logit', 'C2'), ('neg', 'mean negative logit', 'C3'), ('b', 'bias b', 'k')):
+    curves = (('pos', 'mean positive logit', 'C2'), ('neg', 'mean negative logit', 'C3'), ('b', 'bias b', 'k'))
+    for key, label, style in curves:
         ax.plot(steps, history[key], style, lw=1, label=label)
     ax.axhline(0, color='grey', lw=0.5); ax.set_xlabel('step'); ax.set_ylabel('logit')
     right = ax.twinx(); right.plot(steps, history['t'], 'C0--', lw=1)
