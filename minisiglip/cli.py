@@ -6,10 +6,11 @@
 from __future__ import annotations
 import argparse
 import importlib
+import os
 import sys
 
 # %% auto #0
-__all__ = ['COMMANDS', 'build_parser', 'main']
+__all__ = ['COMMANDS', 'INPUT_ERRORS', 'build_parser', 'error_line', 'debug_requested', 'main']
 
 # %% ../nbs/11_cli.ipynb #ad01d291
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -25,7 +26,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
 # %% ../nbs/11_cli.ipynb #b3acc6d2
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     "The `minisiglip` parser: one subparser per entry of `COMMANDS`, with full arguments for `command` only."
-    parser = argparse.ArgumentParser(prog='minisiglip', description='SigLIP from first principles: losses, chunked and distributed training, a tiny VLM.')
+    parser = argparse.ArgumentParser(prog='minisiglip', description='SigLIP from first principles: losses, chunked and distributed training, a tiny VLM.',
+                                     epilog='Errors are one line; add --debug (or set MINISIGLIP_DEBUG=1) for the traceback.')
     sub = parser.add_subparsers(dest='command', metavar='COMMAND', required=True)
     for name, (module, help) in COMMANDS.items():
         p = sub.add_parser(name, help=help, description=help)
@@ -34,12 +36,31 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 # %% ../nbs/11_cli.ipynb #7ea1f520
+INPUT_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError)
+
+def error_line(command: str, e: BaseException) -> tuple[str, int]:
+    "The one-line report of `e` for `minisiglip <command>` and the exit status: 2 for bad input, 1 for a failure."
+    message = ' '.join(str(e).split()) or type(e).__name__
+    if isinstance(e, INPUT_ERRORS): return f'minisiglip {command}: error: {message}', 2
+    return f'minisiglip {command}: error: {type(e).__name__}: {message} (--debug shows the traceback)', 1
+
+def debug_requested(argv: list[str]) -> bool:
+    "Whether the user asked for tracebacks: `--debug` among the arguments or `MINISIGLIP_DEBUG` set (not 0)."
+    return '--debug' in argv or os.environ.get('MINISIGLIP_DEBUG', '0') not in ('', '0')
+
 def main(argv: list[str] | None = None) -> int:
-    "Entry point of the `minisiglip` console script."
-    argv = sys.argv[1:] if argv is None else argv
+    "Entry point of the `minisiglip` console script: parse, run the subcommand, report errors in one line."
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug, argv = debug_requested(argv), [a for a in argv if a != '--debug']
     command = next((a for a in argv if not a.startswith('-')), None)
     args = build_parser(command).parse_args(argv)
-    return getattr(importlib.import_module(args.module), f'run_{args.command}')(args) or 0
+    name = ' '.join(v for k, v in vars(args).items() if k == 'command' or k.endswith('_command'))   # e.g. 'vlm ask'
+    try: return getattr(importlib.import_module(args.module), f'run_{args.command}')(args) or 0
+    except Exception as e:
+        if debug: raise
+        line, status = error_line(name, e)
+        print(line, file=sys.stderr)
+        return status
 
 # %% ../nbs/11_cli.ipynb #cd98de9b
 if __name__ == '__main__' and '__file__' in globals():   # `python -m minisiglip.cli`, e.g. under torchrun; not in a notebook

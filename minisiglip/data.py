@@ -19,9 +19,10 @@ from torch.utils.data import Dataset
 
 # %% auto #0
 __all__ = ['SPECIALS', 'COLOURS', 'SHAPES', 'SIZES', 'RGB', 'RADIUS', 'BACKGROUND', 'HELD_OUT', 'RELATIONS', 'TEMPLATES',
-           'DIGIT_NAMES', 'DIGIT_TEMPLATES', 'IMAGE_EXTS', 'split_words', 'Tokenizer', 'render_scenes', 'caption_scene',
-           'shapes_words', 'ImageCaptionDataset', 'ShapesDataset', 'show_images', 'digits_words', 'DigitsDataset',
-           'read_image', 'CaptionFileDataset', 'collate', 'make_collate']
+           'DIGIT_NAMES', 'DIGIT_TEMPLATES', 'IMAGE_EXTS', 'IMAGE_COLUMNS', 'CAPTION_COLUMNS', 'split_words',
+           'Tokenizer', 'render_scenes', 'caption_scene', 'shapes_words', 'ImageCaptionDataset', 'ShapesDataset',
+           'show_images', 'digits_words', 'DigitsDataset', 'read_image', 'pick_column', 'CaptionFileDataset',
+           'split_indices', 'pairs_fingerprint', 'collate', 'make_collate']
 
 # %% ../nbs/03_data.ipynb #1c4a1f98
 SPECIALS = ('<pad>', '<unk>')  # ids 0 and 1 in every vocabulary
@@ -191,6 +192,9 @@ class ImageCaptionDataset(Dataset):
         self.images, self.captions = images, list(captions)
     def __len__(self) -> int: return len(self.captions)
     def __getitem__(self, i: int) -> tuple[Tensor, str]: return self.images[i], self.captions[i]
+    def subset(self, idx: Tensor) -> ImageCaptionDataset:
+        "The pairs `idx` (a 1-D index tensor) as a dataset of their own, e.g. one side of a train/validation split."
+        return ImageCaptionDataset(self.images[idx], [self.captions[i] for i in idx.tolist()])
 
 # %% ../nbs/03_data.ipynb #e0b5be47
 class ShapesDataset(ImageCaptionDataset):
@@ -270,49 +274,100 @@ def read_image(path: str | Path, image_size: int) -> Tensor:
     return img.float() / 255
 
 # %% ../nbs/03_data.ipynb #d7bcfb86
-def _read_records(path: Path, image_col: str | None, caption_col: str | None) -> list[tuple[Path, str | None]]:
-    "(image path as written, caption or None) for every pair a folder, CSV/TSV or JSONL file describes."
-    if path.is_dir():
-        images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTS)
-        txt = lambda p: p.with_suffix('.txt').read_text().strip() if p.with_suffix('.txt').is_file() else None
-        return [(p, txt(p)) for p in images]
-    if not path.is_file(): raise ValueError(f"caption file or folder not found: {path}")
+IMAGE_COLUMNS = ('image', 'filepath', 'file', 'path')   # tried in this order when `image_col` is not given
+CAPTION_COLUMNS = ('caption', 'title', 'text')
+
+def pick_column(available: Sequence[str], given: str | None, candidates: Sequence[str], what: str, path: Path) -> str:
+    "The column (or JSON key) to read `what` from: `given` if set, else the first of `candidates` present, any case."
+    by_lower = {c.lower(): c for c in available}
+    if given:
+        if given not in available: raise ValueError(f"{path} has no {given!r} column/key; it has {sorted(available)}")
+        return given
+    found = [by_lower[c] for c in candidates if c in by_lower]
+    if not found: raise ValueError(f"{path} has no {what} column/key: it has {sorted(available)}, expected one of "
+                                   f"{list(candidates)} (or name it: --{what}-col)")
+    return found[0]
+
+def _read_rows(path: Path) -> list[dict]:
+    "The rows of a JSONL, CSV or TSV file as dicts (header or keys as dict keys)."
     if path.suffix.lower() == '.jsonl':
-        image_col, caption_col = image_col or 'image', caption_col or 'caption'
         rows = []
         for i, line in enumerate(path.read_text().splitlines()):
             if not line.strip(): continue
             try: rows.append(json.loads(line))
             except json.JSONDecodeError as e: raise ValueError(f"{path} line {i + 1} is not valid JSON: {e}") from None
-    else:
-        image_col, caption_col = image_col or 'filepath', caption_col or 'title'
-        with open(path, newline='') as f:
-            header = f.readline(); f.seek(0)
-            tsv = path.suffix.lower() == '.tsv' or ('\t' in header and ',' not in header)
-            rows = list(csv.DictReader(f, delimiter='\t' if tsv else ','))
-    for col in (image_col, caption_col):
-        if rows and col not in rows[0]: raise ValueError(f"{path} has no {col!r} column/key; it has {sorted(rows[0])}")
-    return [(Path(r[image_col]), (r[caption_col] or '').strip() or None) for r in rows]
+            if not isinstance(rows[-1], dict): raise ValueError(f"{path} line {i + 1} is not a JSON object")
+        return rows
+    with open(path, newline='') as f:
+        header = f.readline(); f.seek(0)
+        tsv = path.suffix.lower() == '.tsv' or ('\t' in header and ',' not in header)
+        return list(csv.DictReader(f, delimiter='\t' if tsv else ','))
+
+def _read_records(path: Path, image_col: str | None,
+                  caption_col: str | None) -> tuple[list[tuple[Path, str | None]], tuple[str, str] | None]:
+    """(image path as written, caption or None) for every pair a folder, CSV/TSV or JSONL file describes, and the
+    (image, caption) columns read (None for a folder)."""
+    if path.is_dir():
+        images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTS)
+        txt = lambda p: p.with_suffix('.txt').read_text().strip() if p.with_suffix('.txt').is_file() else None
+        return [(p, txt(p)) for p in images], None
+    if not path.is_file(): raise ValueError(f"caption file or folder not found: {path}")
+    rows = _read_rows(path)
+    if not rows: raise ValueError(f"{path} holds no rows")
+    image_col = pick_column(list(rows[0]), image_col, IMAGE_COLUMNS, 'image', path)
+    caption_col = pick_column(list(rows[0]), caption_col, CAPTION_COLUMNS, 'caption', path)
+    records = [(Path(str(r.get(image_col) or '')), str(r.get(caption_col) or '').strip() or None) for r in rows]
+    return records, (image_col, caption_col)
 
 # %% ../nbs/03_data.ipynb #15dbd64c
 class CaptionFileDataset(ImageCaptionDataset):
-    """Image–caption pairs from a folder (image + same-stem .txt), a CSV/TSV (`filepath`, `title` columns by default)
-    or a JSONL file (`image`, `caption` keys by default). Bad pairs raise `ValueError`, or are counted in `skipped`."""
+    """Image–caption pairs from a folder (image + same-stem .txt), a CSV/TSV or a JSONL file (columns: see
+    `IMAGE_COLUMNS`, `CAPTION_COLUMNS`). Bad pairs raise `ValueError`, or with `skip_bad` are left out, one reason
+    each in `skipped`. `files` are the kept pairs' image paths; `columns` the (image, caption) columns read."""
     def __init__(self, path: str | Path, image_root: str | Path | None = None, image_size: int = 32,
                  skip_bad: bool = False, image_col: str | None = None, caption_col: str | None = None):
-        path = Path(path)
+        self.path = path = Path(path)
         root = Path(image_root) if image_root is not None else (path if path.is_dir() else path.parent)
-        images, captions, self.skipped = [], [], 0
-        for file, caption in _read_records(path, image_col, caption_col):
+        images, captions, self.files, self.skipped = [], [], [], []
+        records, self.columns = _read_records(path, image_col, caption_col)
+        for file, caption in records:
             file = file if file.is_absolute() else root / file
             try:
                 if caption is None: raise ValueError(f"no caption for image {file}")
-                images.append(read_image(file, image_size)); captions.append(caption)
-            except ValueError:
-                if not skip_bad: raise
-                self.skipped += 1
-        if not images: raise ValueError(f"no usable image–caption pairs in {path} ({self.skipped} skipped)")
+                if not split_words(caption): raise ValueError(f"the caption of {file} has no words: {caption!r}")
+                images.append(read_image(file, image_size)); captions.append(caption); self.files.append(file)
+            except ValueError as e:
+                if not skip_bad: raise ValueError(f"{e} (pass skip_bad / --skip-bad to leave such pairs out)") from None
+                self.skipped.append(str(e))
+        if not images: raise ValueError(f"no usable image–caption pairs in {path} ({self.describe_skipped()})")
         super().__init__(torch.stack(images), captions)
+
+    def describe_skipped(self, first: int = 3) -> str:
+        "How many pairs were left out and the first `first` reasons."
+        if not self.skipped: return '0 skipped'
+        more = f'; and {len(self.skipped) - first} more' if len(self.skipped) > first else ''
+        return f"{len(self.skipped)} skipped: " + '; '.join(self.skipped[:first]) + more
+
+    def describe(self) -> str:
+        "One line for a log: where the pairs came from, which columns, how many were kept and skipped."
+        cols = f"image column {self.columns[0]!r}, caption column {self.columns[1]!r}" if self.columns else \
+               'images with same-name .txt captions'
+        return f"{self.path}: {len(self)} pairs ({cols}); {self.describe_skipped()}"
+
+# %% ../nbs/03_data.ipynb #6921f20a
+def split_indices(n: int, val_fraction: float, seed: int) -> tuple[Tensor, Tensor]:
+    "`(train, val)` indices of `n` pairs, each sorted: a seeded permutation's first `val_fraction` (at least 1) is val."
+    if not 0 <= val_fraction < 1: raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    n_val = max(1, round(val_fraction * n)) if val_fraction > 0 else 0
+    if n - n_val < 1: raise ValueError(f"{n} pairs leave none for training after a validation fraction of {val_fraction}")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return perm[n_val:].sort().values, perm[:n_val].sort().values
+
+def pairs_fingerprint(files: Sequence[str | Path], captions: Sequence[str]) -> str:
+    "A short hash of the (image path, caption) pairs in order: equal fingerprints, equal data and equal splits."
+    import hashlib
+    text = '\n'.join(f'{f}\t{c}' for f, c in zip(files, captions))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 # %% ../nbs/03_data.ipynb #99a1fd5a
 def collate(batch: Sequence[tuple[Tensor, str]], tokenizer: Tokenizer) -> tuple[Tensor, Tensor]:

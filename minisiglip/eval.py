@@ -14,15 +14,17 @@ import torch
 from torch import Tensor, nn
 import torch.nn.functional as F
 from .data import (COLOURS, SHAPES, SIZES, HELD_OUT, DIGIT_NAMES, DIGIT_TEMPLATES,
-                             ShapesDataset, DigitsDataset, Tokenizer)
-from .train import load_checkpoint, latest_checkpoint
+                             ShapesDataset, DigitsDataset, Tokenizer, ImageCaptionDataset, CaptionFileDataset,
+                             split_words)
+from .train import TrainConfig, load_checkpoint, latest_checkpoint, build_data, check_same_data
 
 # %% auto #0
 __all__ = ['OBJECT_TEMPLATES', 'COUNT_TEMPLATES', 'PAIRS', 'zero_shot_accuracy', 'recall_at_k', 'chance_recall', 'embed',
            'class_embeddings', 'object_prompts', 'task_prompts', 'zero_shot_shapes', 'match_probs', 'average_precision',
            'r_precision', 'random_ap', 'reliability', 'multi_label_metrics', 'pair_targets', 'pair_probs',
            'multi_label_shapes', 'same_key', 'retrieval', 'scene_key', 'zero_shot_chance', 'evaluate', 'summary_table',
-           'plot_similarity', 'plot_reliability', 'plot_history', 'add_eval_args', 'run_eval']
+           'plot_similarity', 'plot_reliability', 'plot_history', 'evaluate_pairs', 'evaluation_pairs', 'add_eval_args',
+           'run_eval']
 
 # %% ../nbs/06_eval.ipynb #750037e5
 def zero_shot_accuracy(sim: Tensor, labels: Tensor) -> float:
@@ -328,19 +330,50 @@ def plot_history(history: dict, ax=None):
     return ax
 
 # %% ../nbs/06_eval.ipynb #fd61579c
+def evaluate_pairs(model: nn.Module, tok: Tokenizer, ds: ImageCaptionDataset, n: int = 1000) -> dict:
+    "Retrieval metrics on the first `n` pairs of `ds` (equal words: same content); no zero-shot task exists."
+    captions = ds.captions[:n]
+    keys = [' '.join(split_words(c)) for c in captions]
+    return {'zero_shot': {}, 'zero_shot_chance': {}, 'retrieval': retrieval(model, tok, ds.images[:n], captions, keys)}
+
+def evaluation_pairs(state: dict, data: str | None = None, **read) -> tuple[ImageCaptionDataset, str]:
+    """`(pairs, description)` to evaluate a run on: all pairs of the file or folder `data` (read with `read`:
+    `image_col`, `caption_col`, `skip_bad`), or else the validation split of the run's own caption file."""
+    cfg = TrainConfig(**state['config'])
+    if data is not None:
+        ds = CaptionFileDataset(data, image_size=cfg.image_size, **read)
+        return ds, ds.describe()
+    if not state.get('data'):
+        raise ValueError(f"this run's state records no split of {cfg.data} (an older run): name the pairs with --data")
+    _, val, _, info = build_data(cfg)
+    check_same_data(state['data'], info, Path(cfg.out_dir))
+    held_out = f"the {info['val']} validation pairs" if info['val'] else 'the training pairs (val_fraction 0)'
+    return val, f"{held_out} of {info['summary']}"
+
+# %% ../nbs/06_eval.ipynb #1274b38b
 def add_eval_args(parser: argparse.ArgumentParser) -> None:
     "Flags of `minisiglip eval`."
     parser.add_argument('checkpoint', help='a run folder (its newest ckpt_*) or a checkpoint folder')
     parser.add_argument('--n', type=int, default=1000, help='retrieval candidates (and n/2 zero-shot images)')
     parser.add_argument('--seed', type=int, default=None, help="seed of the validation data (default: the run's own, so that digits are split as in training)")
     parser.add_argument('--json', default=None, help='where to write the metrics (default: eval.json in the run folder)')
+    parser.add_argument('--data', default=None, help="evaluate on all pairs of this caption file or folder "
+                        "(default: the run's validation data)")
+    parser.add_argument('--image-col', default=None, help='image column of --data (default: the first usual name)')
+    parser.add_argument('--caption-col', default=None, help='caption column of --data (default: the first usual name)')
+    parser.add_argument('--skip-bad', action='store_true', help='leave out unreadable pairs of --data (reported)')
 
 def run_eval(args: argparse.Namespace) -> int:
     "`minisiglip eval`: load a checkpoint, evaluate it on its validation data, print and save the metrics."
     model, tok, state = load_checkpoint(args.checkpoint)
     cfg = state['config']
     seed = cfg['seed'] if args.seed is None else args.seed
-    metrics = {'step': state['step'], **evaluate(model, tok, cfg['data'], args.n, seed, cfg['image_size'])}
+    if args.data is not None or cfg['data'] not in ('shapes', 'digits'):
+        pairs, where = evaluation_pairs(state, args.data, image_col=args.image_col, caption_col=args.caption_col,
+                                        skip_bad=args.skip_bad)
+        print(f'evaluating on {where}')
+        metrics = {'step': state['step'], 'data': where, **evaluate_pairs(model, tok, pairs, args.n)}
+    else: metrics = {'step': state['step'], **evaluate(model, tok, cfg['data'], args.n, seed, cfg['image_size'])}
     out = Path(args.json) if args.json else latest_checkpoint(args.checkpoint).parent / 'eval.json'   # not inside a ckpt_* a later save may delete
     out.write_text(json.dumps(metrics, indent=1))
     print(json.dumps(metrics, indent=1))

@@ -19,21 +19,24 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
+from safetensors import SafetensorError
 from safetensors.torch import save_file, load_file, save_model, load_model
 from tqdm import tqdm
 from .losses import sigmoid_loss, softmax_loss
 from .chunked import chunked_sigmoid_loss
 from .distributed import ring_sigmoid_loss, gather_softmax_loss, init_distributed
-from .data import ShapesDataset, DigitsDataset, CaptionFileDataset, ImageCaptionDataset, Tokenizer
+from .data import (ShapesDataset, DigitsDataset, CaptionFileDataset, ImageCaptionDataset, Tokenizer,
+                             split_indices, pairs_fingerprint)
 from .model import SigLIP, SigLIPConfig
 
 # %% auto #0
 __all__ = ['LOSSES', 'NOISE_KINDS', 'CKPT_PREFIX', 'STEP_STATS', 'TrainConfig', 'lr_at', 'batch_indices', 'build_data',
-           'builtin_data', 'get_batch', 'corrupt_batch', 'build_model', 'make_loss', 'setup_processes',
-           'optimizer_tensors', 'optimizer_state', 'save_checkpoint', 'latest_checkpoint', 'read_state',
-           'load_checkpoint', 'load_image_tower', 'rng_to_text', 'rng_from_text', 'logit_means', 'check_finite',
-           'train_step', 'make_optimizer', 'evaluate_loss', 'gather_rng', 'train', 'plot_logits', 'add_dataclass_args',
-           'dataclass_from_args', 'add_train_args', 'config_from_args', 'run_train']
+           'check_same_data', 'builtin_data', 'get_batch', 'corrupt_batch', 'build_model', 'make_loss',
+           'setup_processes', 'optimizer_tensors', 'optimizer_state', 'save_checkpoint', 'checkpoints',
+           'latest_checkpoint', 'read_state', 'safetensors_problem', 'read_tensors', 'load_weights', 'load_checkpoint',
+           'load_image_tower', 'rng_to_text', 'rng_from_text', 'logit_means', 'check_finite', 'train_step',
+           'make_optimizer', 'evaluate_loss', 'gather_rng', 'resume_weights', 'train', 'plot_logits',
+           'add_dataclass_args', 'dataclass_from_args', 'add_train_args', 'config_from_args', 'run_train']
 
 # %% ../nbs/05_train.ipynb #17bc73fd
 LOSSES = ('sigmoid', 'chunked', 'ring', 'softmax')
@@ -59,7 +62,11 @@ class TrainConfig:
     eval_every: int = 50          # steps between validation-loss evaluations (0: only at the end)
     ckpt_every: int = 100         # steps between checkpoints (0: only at the end)
     seed: int = 0                 # seeds the model init and the data order
-    data: str = 'shapes'          # 'shapes', 'digits', or a caption file path (CSV/TSV/JSONL of image, caption)
+    data: str = 'shapes'          # 'shapes', 'digits', or your pairs: a folder, CSV/TSV or JSONL file (03_data)
+    image_col: str = ''           # your file's image column ('': the first of data.IMAGE_COLUMNS it has)
+    caption_col: str = ''         # your file's caption column ('': the first of data.CAPTION_COLUMNS it has)
+    skip_bad: bool = False        # leave out unreadable images and empty captions of your data (counted, reported)
+    val_fraction: float = 0.1     # of your pairs, held out (seeded) for validation and `minisiglip eval`
     n_train: int = 20_000         # training pairs generated for 'shapes' (the order is reshuffled every epoch)
     image_size: int = 32          # side of the (square) images
     noise: str = 'none'           # corrupt a fraction of every training batch: one of NOISE_KINDS (the paper's Fig. 7)
@@ -78,6 +85,7 @@ class TrainConfig:
         if self.noise not in NOISE_KINDS: raise ValueError(f"noise must be one of {NOISE_KINDS}, got {self.noise!r}")
         if not 0 <= self.noise_frac <= 1: raise ValueError(f"noise_frac must be in [0, 1], got {self.noise_frac}")
         if self.logit_lr_mult < 0: raise ValueError(f"logit_lr_mult must be >= 0, got {self.logit_lr_mult}")
+        if not 0 <= self.val_fraction < 1: raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
 
 # %% ../nbs/05_train.ipynb #dc2be77a
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -101,12 +109,26 @@ def batch_indices(seed: int, step: int, n_data: int, batch_size: int, rank: int 
     return out
 
 # %% ../nbs/05_train.ipynb #389fddc7
-def build_data(cfg: TrainConfig) -> tuple[ImageCaptionDataset, ImageCaptionDataset, Tokenizer]:
-    "`(train_ds, val_ds, tokenizer)` for `cfg.data`: the built-in shapes or digits, or a user caption file or folder."
-    if cfg.data in ('shapes', 'digits'): return builtin_data(cfg.data, cfg.n_train, cfg.seed, cfg.image_size)
-    if not Path(cfg.data).exists(): raise ValueError(f"data must be 'shapes', 'digits' or an existing caption file or folder, got {cfg.data!r}")
-    ds = CaptionFileDataset(cfg.data, image_size=cfg.image_size)   # user data: validation reuses the training pairs
-    return ds, ds, Tokenizer.from_corpus(ds.captions)
+def build_data(cfg: TrainConfig) -> tuple[ImageCaptionDataset, ImageCaptionDataset, Tokenizer, dict]:
+    "`(train_ds, val_ds, tokenizer, info)` for `cfg.data`: the built-in shapes or digits, or your caption file or folder."
+    if cfg.data in ('shapes', 'digits'): return *builtin_data(cfg.data, cfg.n_train, cfg.seed, cfg.image_size), {}
+    if not Path(cfg.data).exists():
+        raise ValueError(f"data must be 'shapes', 'digits' or an existing caption file or folder, got {cfg.data!r}")
+    ds = CaptionFileDataset(cfg.data, image_size=cfg.image_size, skip_bad=cfg.skip_bad,
+                            image_col=cfg.image_col or None, caption_col=cfg.caption_col or None)
+    train_idx, val_idx = split_indices(len(ds), cfg.val_fraction, cfg.seed)
+    train_ds = ds.subset(train_idx)
+    val_ds = ds.subset(val_idx) if len(val_idx) else train_ds       # val_fraction 0: the training pairs, as you asked
+    info = {'summary': ds.describe(), 'pairs': len(ds), 'train': len(train_idx), 'val': len(val_idx),
+            'columns': ds.columns, 'skipped': len(ds.skipped), 'skipped_reasons': ds.skipped[:5],
+            'fingerprint': pairs_fingerprint(ds.files, ds.captions)}
+    return train_ds, val_ds, Tokenizer.from_corpus(train_ds.captions), info
+
+def check_same_data(saved: dict, info: dict, ckpt: Path) -> None:
+    "Refuse a run's user data that changed since `ckpt` was written: its validation split would no longer be held out."
+    if saved.get('fingerprint') != info.get('fingerprint'):
+        raise ValueError(f"the pairs in the data differ from those {ckpt} was trained on ({saved.get('pairs')} pairs "
+                         f"then, {info.get('pairs')} now): its train/validation split would not hold")
 
 @functools.lru_cache(maxsize=4)
 def builtin_data(name: str, n_train: int, seed: int,
@@ -188,8 +210,9 @@ def optimizer_state(tensors: dict[str, Tensor], param_groups: list[dict]) -> dic
 # %% ../nbs/05_train.ipynb #7a9d9dd7
 CKPT_PREFIX = 'ckpt_'
 
-def save_checkpoint(out_dir: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> Path:
-    "Write `ckpt_<step>/` atomically (temp folder + `os.replace`), then drop older checkpoints; returns its path."
+def save_checkpoint(out_dir: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict,
+                    keep: int = 2) -> Path:
+    "Write `ckpt_<step>/` atomically (temp folder + `os.replace`), then keep only the `keep` newest; returns its path."
     out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix='.tmp_', dir=out_dir))
     try:
@@ -201,21 +224,52 @@ def save_checkpoint(out_dir: str | Path, model: nn.Module, optimizer: torch.opti
         os.replace(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True); raise
-    for old in out_dir.glob(f'{CKPT_PREFIX}*'):
-        if old != final: shutil.rmtree(old)
+    for old in checkpoints(out_dir)[:-keep]: shutil.rmtree(old)
     return final
 
 # %% ../nbs/05_train.ipynb #c6da7ea9
+def checkpoints(run: str | Path) -> list[Path]:
+    "The complete `ckpt_*` folders (with a state.json) of the run folder `run`, oldest first."
+    ckpts = [p for p in Path(run).glob(f'{CKPT_PREFIX}*') if (p / 'state.json').is_file()]
+    return sorted(ckpts, key=lambda p: int(p.name[len(CKPT_PREFIX):]))
+
 def latest_checkpoint(path: str | Path) -> Path | None:
     "The checkpoint folder `path` names, or the newest `ckpt_*` inside the run folder `path`; None if there is none."
     path = Path(path)
     if (path / 'state.json').is_file(): return path
-    ckpts = [p for p in path.glob(f'{CKPT_PREFIX}*') if (p / 'state.json').is_file()]
-    return max(ckpts, key=lambda p: int(p.name[len(CKPT_PREFIX):]), default=None)
+    return (checkpoints(path) or [None])[-1]
 
 def read_state(ckpt: str | Path) -> dict:
     "The JSON state of a checkpoint folder (step, configs, tokenizer, RNG, history)."
-    return json.loads((Path(ckpt) / 'state.json').read_text())
+    file = Path(ckpt) / 'state.json'
+    try: return json.loads(file.read_text())
+    except json.JSONDecodeError as e: raise ValueError(f"cannot read {file}: not valid JSON ({e})") from None
+
+def safetensors_problem(file: Path) -> str:
+    "Why safetensors cannot read `file`, from its size and the header length its first 8 bytes announce."
+    size = file.stat().st_size
+    with open(file, 'rb') as f: head = f.read(8)
+    header = int.from_bytes(head, 'little') if len(head) == 8 else None
+    if size == 0: return 'the file is empty'
+    if header is None or header > 100_000_000: return 'not a safetensors file'
+    if 8 + header > size: return f'truncated: {size} bytes, shorter than its own {8 + header}-byte header'
+    return 'truncated or corrupted: the tensor data does not match the header'
+
+def read_tensors(file: str | Path) -> dict[str, Tensor]:
+    "The tensors of a safetensors file; a `ValueError` naming the file and the cause if it is missing or unreadable."
+    file = Path(file)
+    if not file.is_file(): raise ValueError(f"checkpoint file missing: {file}")
+    try: return load_file(str(file))
+    except SafetensorError: raise ValueError(f"cannot read {file}: {safetensors_problem(file)}") from None
+
+def load_weights(model: nn.Module, file: str | Path) -> None:
+    "Load a safetensors file into `model` (strictly); a missing, unreadable or ill-fitting file is a `ValueError`."
+    file = Path(file)
+    read_tensors(file)                                                # the file's own problems, named
+    try: load_model(model, str(file))
+    except RuntimeError as e:                                         # missing keys or other shapes than the model's
+        lines = [l.strip() for l in str(e).splitlines()[1:] if l.strip()]
+        raise ValueError(f"{file} does not fit this model's configuration: {'; '.join(lines)[:300]}") from None
 
 # %% ../nbs/05_train.ipynb #be8c26c8
 def load_checkpoint(path: str | Path) -> tuple[SigLIP, Tokenizer, dict]:
@@ -224,7 +278,7 @@ def load_checkpoint(path: str | Path) -> tuple[SigLIP, Tokenizer, dict]:
     if ckpt is None: raise FileNotFoundError(f"no checkpoint (a folder with state.json, or {CKPT_PREFIX}* inside) at {path}")
     state = read_state(ckpt)
     model = SigLIP(SigLIPConfig(**state['model_config']))
-    load_model(model, str(ckpt / 'model.safetensors'))
+    load_weights(model, ckpt / 'model.safetensors')
     return model.eval(), Tokenizer.from_dict(state['tokenizer']), state
 
 def load_image_tower(model: SigLIP, run: str | Path) -> None:
@@ -321,6 +375,18 @@ def gather_rng(world: int, device: torch.device) -> list[str]:
     return [rng_to_text(s.cpu()) for s in states]
 
 # %% ../nbs/05_train.ipynb #d2272c8d
+def resume_weights(model: nn.Module, optimizer: torch.optim.Optimizer, ckpt: Path, param_groups: list[dict]) -> None:
+    "Load `ckpt`'s weights and optimizer state; if either is damaged, the error says which older checkpoint exists."
+    try:
+        load_weights(model, ckpt / 'model.safetensors')
+        optimizer.load_state_dict(optimizer_state(read_tensors(ckpt / 'optimizer.safetensors'), param_groups))
+    except ValueError as e:
+        older = [p.name for p in checkpoints(ckpt.parent) if p != ckpt]
+        way_out = (f"the older checkpoint {older[-1]} exists: remove {ckpt.name} to resume from it" if older else
+                   "no older checkpoint: start again without --resume, or in another --out-dir")
+        raise ValueError(f"{e}; {way_out}") from None
+
+# %% ../nbs/05_train.ipynb #1593fd91
 def train(cfg: TrainConfig, resume: bool = False, stop_at: int | None = None, loss_fn=None) -> tuple[SigLIP, dict]:
     """Train (one process or `torchrun`), checkpointing to `cfg.out_dir`; returns the model and the run's state dict.
     `loss_fn(zimg, ztxt, scale, bias)` replaces the loss `cfg.loss` names (e.g. a masked sigmoid loss); it is not
@@ -333,23 +399,27 @@ def train(cfg: TrainConfig, resume: bool = False, stop_at: int | None = None, lo
 def _train(cfg: TrainConfig, resume: bool, stop_at: int | None, rank: int, world: int, device: torch.device,
            loss_fn) -> tuple[SigLIP, dict]:
     "The body of `train` once the process layout is known: build, maybe resume, loop, evaluate, checkpoint."
-    train_ds, val_ds, tok = build_data(cfg)
+    train_ds, val_ds, tok, data_info = build_data(cfg)
+    if rank == 0 and data_info: print(f"data: {data_info['summary']}; {data_info['train']} for training, "
+                                      f"{data_info['val'] or 'the training pairs'} for validation")
     if cfg.batch_size > len(train_ds):   # a batch would hold some pair twice, each copy a "negative" of the other
         raise ValueError(f"batch_size {cfg.batch_size} exceeds the {len(train_ds)} training pairs of {cfg.data!r}")
     model = build_model(cfg, tok).to(device).train()
     optimizer = make_optimizer(model, cfg)
     state = {'step': 0, 'config': dataclasses.asdict(cfg), 'model_config': dataclasses.asdict(model.cfg),
-             'tokenizer': tok.to_dict(), 'history': {'lr': [], **{k: [] for k in STEP_STATS}, 'val': []}}
+             'tokenizer': tok.to_dict(), 'data': data_info,
+             'history': {'lr': [], **{k: [] for k in STEP_STATS}, 'val': []}}
     ckpt = latest_checkpoint(cfg.out_dir) if Path(cfg.out_dir).exists() else None
     if ckpt is not None and not resume:
         raise FileExistsError(f"{cfg.out_dir} already holds {ckpt.name}: pass resume=True (--resume) or use another out_dir")
     if ckpt is not None:
         saved = read_state(ckpt)
-        diff = sorted(k for k in state['config'] if k != 'out_dir' and saved['config'].get(k) != state['config'][k])
+        diff = sorted(k for k in state['config'] if k != 'out_dir'   # a field newer than the checkpoint: its default
+                      and saved['config'].get(k, getattr(TrainConfig, k)) != state['config'][k])
         diff += sorted(f'model.{k}' for k in state['model_config'] if saved['model_config'].get(k) != state['model_config'][k])  # e.g. a preset changed
         if diff: raise ValueError(f"cannot resume {ckpt}: its config differs from this run's in {diff}")
-        load_model(model, str(ckpt / 'model.safetensors'))
-        optimizer.load_state_dict(optimizer_state(load_file(str(ckpt / 'optimizer.safetensors')), saved.pop('optimizer_param_groups')))
+        if data_info: check_same_data(saved.get('data', {}), data_info, ckpt)
+        resume_weights(model, optimizer, ckpt, saved.pop('optimizer_param_groups'))
         if len(saved['rng']) != world: raise ValueError(f"checkpoint has {len(saved['rng'])} ranks' RNG states, this run has {world}")
         torch.set_rng_state(rng_from_text(saved.pop('rng')[rank]))
         state = {**saved, 'config': state['config']}       # the run folder may have moved

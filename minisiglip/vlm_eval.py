@@ -220,21 +220,16 @@ def add_vlm_args(parser: argparse.ArgumentParser) -> None:
     p.add_argument('--n-eval', type=int, default=500, help='validation images per split')
 
 def run_vlm(args: argparse.Namespace) -> int:
-    "`minisiglip vlm SUBCOMMAND`; bad input is reported in one line with exit status 2."
-    import sys
+    "`minisiglip vlm SUBCOMMAND` (bad input reaches the user as one line through `cli.main`)."
     from minisiglip.train import dataclass_from_args
-    try:
-        if args.vlm_command == 'ask':
-            print(ask(args.run, args.image, args.question, args.device))
-        elif args.vlm_command == 'train':
-            _, _, state = train_vlm(dataclass_from_args(VLMTrainConfig, args), dataclass_from_args(VLMConfig, args))
-            print(f"step {state['step']}: loss {state['history']['loss'][-1]:.4f}; "
-                  f"checkpoint in {latest_checkpoint(args.out_dir)}")
-        else:
-            cfg = dataclasses.replace(VLM_DEMO_TRAIN, steps=args.steps, seed=args.seed, device=args.device)
-            metrics = vlm_demo(args.siglip, args.out, train_cfg=cfg, n_eval=args.n_eval)
-            print(vlm_report(metrics) + f'\nrun folder: {args.out}')
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
-        print(f'minisiglip vlm {args.vlm_command}: error: {e}', file=sys.stderr)
-        return 2
+    if args.vlm_command == 'ask':
+        print(ask(args.run, args.image, args.question, args.device))
+    elif args.vlm_command == 'train':
+        _, _, state = train_vlm(dataclass_from_args(VLMTrainConfig, args), dataclass_from_args(VLMConfig, args))
+        print(f"step {state['step']}: loss {state['history']['loss'][-1]:.4f}; "
+              f"checkpoint in {latest_checkpoint(args.out_dir)}")
+    else:
+        cfg = dataclasses.replace(VLM_DEMO_TRAIN, steps=args.steps, seed=args.seed, device=args.device)
+        metrics = vlm_demo(args.siglip, args.out, train_cfg=cfg, n_eval=args.n_eval)
+        print(vlm_report(metrics) + f'\nrun folder: {args.out}')
     return 0

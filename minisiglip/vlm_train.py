@@ -12,12 +12,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
-from safetensors.torch import load_model
 from tqdm import tqdm
 from .data import Tokenizer
 from .model import SigLIPConfig, ViT
 from .train import (lr_at, batch_indices, check_finite, save_checkpoint, latest_checkpoint, read_state,
-                              load_checkpoint)
+                              load_checkpoint, load_weights)
 from .vlm import VLM, VLMConfig
 from .vqa import VQASet, make_vqa, vqa_tokenizer, encode_question, EOS, FAMILIES
 
@@ -191,5 +190,5 @@ def load_vlm(path: str | Path, device: str | torch.device = 'cpu') -> tuple[VLM,
     if 'vlm_config' not in state:
         raise ValueError(f"{ckpt} is not a VLM checkpoint (no vlm_config): is it a SigLIP run?")
     model = VLM(VLMConfig(**state['vlm_config']), ViT(SigLIPConfig(**state['vision_config'])))
-    load_model(model, str(ckpt / 'model.safetensors'))
+    load_weights(model, ckpt / 'model.safetensors')
     return model.to(device).eval(), Tokenizer.from_dict(state['tokenizer']), state
