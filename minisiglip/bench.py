@@ -9,25 +9,28 @@ from pathlib import Path
 from typing import Callable
 import torch
 import torch.nn.functional as F
-from .losses import sigmoid_loss, softmax_loss, peak_bytes
+from .losses import sigmoid_loss, softmax_loss, peak_bytes, synchronize
 from .chunked import chunked_sigmoid_loss
-from .distributed import loss_step, spawn
+from .distributed import loss_step, spawn, pick_device, DEVICES
 
 # %% auto #0
-__all__ = ['SINGLE', 'SPAWNED', 'time_round_robin', 'row_loss', 'row_step', 'measure_rows', 'spawned_row', 'add_bench_args',
-           'run_bench']
+__all__ = ['SINGLE', 'DTYPES', 'SPAWNED', 'time_round_robin', 'row_loss', 'row_step', 'measure_rows', 'spawned_row',
+           'add_bench_args', 'run_bench']
 
 # %% ../nbs/02b_bench.ipynb #0c214a5d
-def time_round_robin(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    "Median wall time of each (already warmed-up) function over `repeats` interleaved rounds: fair to every row under changing load."
+def time_round_robin(fns: dict[str, Callable[[], object]], repeats: int, device: str | None = None) -> dict[str, float]:
+    """Median wall time of each (already warmed-up) function over `repeats` interleaved rounds: fair to every row
+    under changing load. On a GPU `device` each timing waits for the GPU's queued work, before and after."""
     times = {k: [] for k in fns}
     for _ in range(repeats):
         for k, fn in fns.items():
-            t0 = time.perf_counter(); fn(); times[k].append(time.perf_counter() - t0)
+            synchronize(device); t0 = time.perf_counter()
+            fn(); synchronize(device); times[k].append(time.perf_counter() - t0)
     return {k: statistics.median(v) for k, v in times.items()}
 
 # %% ../nbs/02b_bench.ipynb #a0f640d3
 SINGLE = ('sigmoid_loss', 'chunked_sigmoid_loss', 'softmax_loss', 'open_clip SigLipLoss')
+DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16}
 SPAWNED = {'ring_sigmoid_loss': 'ring', 'gather_softmax_loss': 'gather-softmax'}   # row -> `distributed.loss_step` method
 
 def row_loss(name: str, chunk_size: int) -> Callable:
@@ -38,12 +41,14 @@ def row_loss(name: str, chunk_size: int) -> Callable:
     return {'sigmoid_loss': sigmoid_loss, 'softmax_loss': lambda x, y, t, b: softmax_loss(x, y, t),
             'chunked_sigmoid_loss': lambda x, y, t, b: chunked_sigmoid_loss(x, y, t, b, chunk_size)}[name]
 
-def row_step(name: str, n: int, d: int, chunk_size: int, seed: int = 0) -> Callable[[], float]:
-    """A closure doing one forward+backward of row `name` on a fixed batch of `n` unit-norm float32 pairs drawn from `seed`
-    (the global batch `distributed.loss_step` draws too), returning the loss: built once, then timed and measured."""
+def row_step(name: str, n: int, d: int, chunk_size: int, seed: int = 0, device: str = 'cpu',
+             dtype: torch.dtype = torch.float32) -> Callable[[], float]:
+    """A closure doing one forward+backward of row `name` on a fixed batch of `n` unit-norm pairs drawn from `seed`
+    (the global batch `distributed.loss_step` draws too) in `dtype` on `device`, returning the loss: built once, then
+    timed and measured."""
     g = torch.Generator().manual_seed(seed)
-    x, y = (F.normalize(torch.randn(n, d, generator=g), dim=-1).requires_grad_() for _ in range(2))
-    t, b = torch.tensor(10., requires_grad=True), torch.tensor(-10., requires_grad=True)
+    x, y = (F.normalize(torch.randn(n, d, generator=g), dim=-1).to(device, dtype).requires_grad_() for _ in range(2))
+    t, b = (torch.tensor(v, device=device, requires_grad=True) for v in (10., -10.))
     loss_fn = row_loss(name, chunk_size)
     def step():
         for p in (x, y, t, b): p.grad = None
@@ -51,23 +56,28 @@ def row_step(name: str, n: int, d: int, chunk_size: int, seed: int = 0) -> Calla
         return loss.item()
     return step
 
-def measure_rows(names: list[str], n: int, d: int, chunk_size: int, repeats: int, seed: int = 0) -> dict[str, dict]:
+def measure_rows(names: list[str], n: int, d: int, chunk_size: int, repeats: int, seed: int = 0, device: str = 'cpu',
+                 dtype: torch.dtype = torch.float32) -> dict[str, dict]:
     """Time (median, round-robin), peak extra memory and loss value of each row, with the arithmetic floor measured in the
     same rounds: `floor_s` = 3 × the time of one `(n, d) @ (d, n)` product (6 n^2 d flops in all), timed on at most 4096
     columns into a preallocated output and scaled up, so measuring the floor never needs an `(n, n)` matrix."""
-    steps = {k: row_step(k, n, d, chunk_size, seed) for k in names}
+    steps = {k: row_step(k, n, d, chunk_size, seed, device, dtype) for k in names}
     c = min(n, 4096)
-    x, y, out = torch.randn(n, d), torch.randn(c, d), torch.empty(n, c)
+    x, y, out = (torch.randn(*shape, device=device, dtype=dtype) for shape in ((n, d), (c, d), (n, c)))
     steps['matmul'] = lambda: torch.mm(x, y.T, out=out)
     losses = {k: fn() for k, fn in steps.items()}                     # warm-up, and the loss values
-    times = time_round_robin(steps, repeats)
+    times = time_round_robin(steps, repeats, device)
     floor_s = 3 * times['matmul'] * n / c
-    return {k: dict(time_s=times[k], floor_s=floor_s, peak_bytes=peak_bytes(steps[k]), loss=losses[k]) for k in names}
+    return {k: dict(time_s=times[k], floor_s=floor_s, peak_bytes=peak_bytes(steps[k], device), loss=losses[k])
+            for k in names}
 
 # %% ../nbs/02b_bench.ipynb #6c10c957
-def spawned_row(name: str, world: int, n: int, d: int, chunk_size: int, repeats: int, seed: int = 0) -> dict:
-    "Row `name` (a key of `SPAWNED`) on `world` gloo ranks via `distributed.loss_step`: slowest time, largest peak, global loss."
-    res = spawn(loss_step, world, SPAWNED[name], n // world, d, seed, chunk_size, 10., -10., torch.float32, repeats)
+def spawned_row(name: str, world: int, n: int, d: int, chunk_size: int, repeats: int, seed: int = 0,
+                device: str = 'cpu', dtype: torch.dtype = torch.float32) -> dict:
+    """Row `name` (a key of `SPAWNED`) on `world` ranks (gloo on CPU, NCCL on `device` 'cuda') via
+    `distributed.loss_step`: slowest time, largest peak, global loss."""
+    res = spawn(loss_step, world, SPAWNED[name], n // world, d, seed, chunk_size, 10., -10., dtype, repeats, device,
+                device=device)
     return dict(time_s=max(r['seconds'] for r in res), peak_bytes=max(r['peak_bytes'] for r in res),
                 loss=sum(r['loss'].item() for r in res) / world)      # the mean of the ranks' losses is the global loss
 
@@ -81,6 +91,9 @@ def add_bench_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--world-sizes', type=str, default='2', help='comma-separated rank counts for the spawned rows')
     parser.add_argument('--repeats', type=int, default=3, help='timed repeats per row (the median is reported)')
     parser.add_argument('--out', type=str, default='bench_results/losses.json', help='JSON output path')
+    parser.add_argument('--device', choices=DEVICES, default='auto', help="auto: the GPU if there is one")
+    parser.add_argument('--dtype', choices=tuple(DTYPES), default='fp32',
+                        help='embeddings dtype (the losses sum in fp32)')
 
 def run_bench(args: argparse.Namespace) -> int:
     "Measure every row, print a table, write JSON. A row that cannot run (open_clip not installed) is kept with a note."
@@ -88,25 +101,32 @@ def run_bench(args: argparse.Namespace) -> int:
     if args.n < 1 or args.d < 1 or args.repeats < 1 or args.chunk_size < 1 or any(w < 1 for w in worlds):
         raise ValueError('--n, --d, --chunk-size, --repeats and every world size must be positive')
     if any(args.n % w for w in worlds): raise ValueError(f'--n {args.n} must be divisible by every world size {worlds}')
+    device, dtype = pick_device(args.device, 0), DTYPES[args.dtype]
+    gpus = torch.cuda.device_count() if device.type == 'cuda' else None
     rows, available = [], []
     for name, world in [(s, 1) for s in SINGLE] + [(s, w) for s in SPAWNED for w in worlds]:
         rows.append(dict(name=name, world_size=world, n=args.n, d=args.d, chunk_size=args.chunk_size))
         try:
             if world == 1: row_loss(name, args.chunk_size)
+            if gpus is not None and world > gpus: raise ImportError(f'{world} ranks need {world} GPUs, {gpus} here')
             available.append(rows[-1])
         except ImportError as e: rows[-1]['note'] = f'skipped: {e}'
-    single = measure_rows([r['name'] for r in available if r['world_size'] == 1], args.n, args.d, args.chunk_size, args.repeats)
+    single = measure_rows([r['name'] for r in available if r['world_size'] == 1], args.n, args.d, args.chunk_size,
+                          args.repeats, device=str(device), dtype=dtype)
     floor_s = next(iter(single.values()))['floor_s']
     for r in available:
         m = single.get(r['name']) if r['world_size'] == 1 else \
-            spawned_row(r['name'], r['world_size'], args.n, args.d, args.chunk_size, args.repeats)
+            spawned_row(r['name'], r['world_size'], args.n, args.d, args.chunk_size, args.repeats, device=device.type,
+                        dtype=dtype)
         r.update(time_s=m['time_s'], peak_bytes=m['peak_bytes'], loss=m['loss'], floor_ratio=m['time_s'] / floor_s)
     rate = 6 * args.n ** 2 * args.d / floor_s
-    print(f'n={args.n} d={args.d} float32, matmul {rate / 1e9:.2f} GFLOP/s, floor (6 n^2 d flops) {floor_s * 1e3:.1f} ms')
+    print(f'n={args.n} d={args.d} {args.dtype} on {device}, matmul {rate / 1e9:.2f} GFLOP/s, '
+          f'floor (6 n^2 d flops) {floor_s * 1e3:.1f} ms')
     print(f"{'loss':<24}{'W':>3}{'fwd+bwd ms':>12}{'peak MiB':>10}{'x floor':>9}")
     for r in rows:
         if 'note' in r: print(f"{r['name']:<24}{r['world_size']:>3}  {r['note']}"); continue
         print(f"{r['name']:<24}{r['world_size']:>3}{r['time_s'] * 1e3:>12.1f}{r['peak_bytes'] / 2**20:>10.1f}{r['floor_ratio']:>9.2f}")
     out = Path(args.out); out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(dict(matmul_flops=rate, floor_s=floor_s, cores=os.cpu_count(), rows=rows), indent=1))
+    out.write_text(json.dumps(dict(matmul_flops=rate, floor_s=floor_s, cores=os.cpu_count(), device=str(device),
+                                   dtype=args.dtype, rows=rows), indent=1))
     return 0

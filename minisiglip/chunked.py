@@ -8,10 +8,10 @@ import torch
 import torch.nn as nn
 from typing import Callable
 from torch import Tensor
-from .losses import check_embeddings, check_scale_bias
+from .losses import read_loss_inputs, accum_dtype, no_autocast
 
 # %% auto #0
-__all__ = ['sigmoid_block_loss_and_grads', 'chunked_sigmoid_loss', 'cached_embedding_step']
+__all__ = ['gemm', 'sigmoid_block_loss_and_grads', 'chunked_sigmoid_loss', 'cached_embedding_step']
 
 # %% ../nbs/01_chunked.ipynb #0b094337
 def _check_chunk_size(chunk_size: int | None) -> None:
@@ -19,6 +19,18 @@ def _check_chunk_size(chunk_size: int | None) -> None:
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int):
         raise ValueError(f"chunk_size must be a positive int or None, got {type(chunk_size).__name__}")
     if chunk_size < 1: raise ValueError(f"chunk_size must be a positive int, got {chunk_size}")
+
+def gemm(out: Tensor, a: Tensor, b: Tensor, alpha: float = 1., add: Tensor | None = None) -> Tensor:
+    """`out = add + alpha * a @ b` (`add` None: no addend) in `out`'s float dtype. Operands of that dtype: one fused
+    `addmm`/`mm` into `out`. A 16-bit operand (GPU only): a 16-bit GEMM with a float32 result."""
+    if a.dtype == b.dtype == out.dtype:
+        if add is not None: return torch.addmm(add, a, b, alpha=alpha, out=out)
+        torch.mm(a, b, out=out)
+    else:
+        low = a.dtype if a.dtype != out.dtype else b.dtype
+        out.copy_(torch.mm(a.to(low), b.to(low), out_dtype=out.dtype))
+        if add is not None: out.mul_(alpha).add_(add); alpha = 1.
+    return out.mul_(alpha) if alpha != 1 else out
 
 # %% ../nbs/01_chunked.ipynb #56664f2d
 def sigmoid_block_loss_and_grads(zimg: Tensor, ztxt: Tensor, scale: Tensor | float, bias: Tensor | float,
@@ -32,37 +44,41 @@ def sigmoid_block_loss_and_grads(zimg: Tensor, ztxt: Tensor, scale: Tensor | flo
     _check_chunk_size(chunk_size)
     n, m = zimg.shape[0], ztxt.shape[0]
     if positives and n != m: raise ValueError(f"positives=True needs a square block, got {n} images and {m} texts")
-    t, b = float(scale), float(bias)
+    t, b = float(scale), float(bias)                                  # host reads; callers in a loop pass floats
+    acc, dev = accum_dtype(zimg, ztxt), zimg.device
+    if not zimg.is_cuda: zimg, ztxt = zimg.to(acc), ztxt.to(acc)      # no 16-bit GEMM with a float32 result on CPU
     c = min(chunk_size or m, m)
-    buf = torch.empty(n * c, dtype=zimg.dtype, device=zimg.device)   # the only (n, chunk) block, reused by every chunk
+    buf = torch.empty(n * c, dtype=acc, device=dev)                   # the only (n, chunk) block, reused by every chunk
     rows = -(-n // 4)                                                 # softplus scratch: a quarter of the block, 4 calls
-    tile = torch.empty(rows * c, dtype=zimg.dtype, device=zimg.device)  # per chunk (small tiles cost thread syncs)
-    dzimg, dztxt = torch.zeros_like(zimg), torch.empty_like(ztxt)
-    loss, dbias = zimg.new_zeros(()), zimg.new_zeros(())
+    tile = torch.empty(rows * c, dtype=acc, device=dev)               # per chunk (small tiles cost thread syncs)
+    dzimg, dztxt = torch.zeros(zimg.shape, dtype=acc, device=dev), torch.empty(ztxt.shape, dtype=acc, device=dev)
+    loss, dbias, bias_t = (torch.full((), v, dtype=acc, device=dev) for v in (0., 0., b))   # no host-to-device copies
     for j0 in range(0, m, c):
         y = ztxt[j0:j0 + c]                                           # (cw, d) texts of this chunk
         blk = buf[:n * len(y)].view(n, len(y))                        # contiguous (n, cw) view of the buffer
-        torch.addmm(zimg.new_tensor(b), zimg, y.T, alpha=t, out=blk)  # pass 1: logits
+        gemm(blk, zimg, y.T, alpha=t, add=bias_t)                     # pass 1: logits
         for r0 in range(0, n, rows):                                  # pass 2: sum of softplus(logits), tile by tile
             part = blk[r0:r0 + rows]
             loss += torch.ops.aten.softplus.out(part, 1, 20, out=tile[:part.numel()].view_as(part)).sum()
         blk.sigmoid_()                                                # pass 3: G = sigmoid(logits) ...
         if positives: blk.diagonal(-j0).sub_(1)                       # ... minus 1 on the positive pairs, O(n)
         dbias += blk.sum()                                            # pass 4: dL/db = sum G
-        dzimg.addmm_(blk, y)                                          # accumulates sum_j G_ij y_j
-        torch.mm(blk.T, zimg, out=dztxt[j0:j0 + len(y)])              # G^T X for this chunk's texts
-    dscale = (zimg * dzimg).sum()                                     # dL/dt = sum_ij G_ij x_i.y_j = sum_i x_i.(G Y)_i
+        gemm(dzimg, blk, y, add=dzimg)                                # accumulates sum_j G_ij y_j
+        gemm(dztxt[j0:j0 + len(y)], blk.T, zimg)                      # G^T X for this chunk's texts
+    x = zimg.to(acc)                                                  # O(nd): a no-op but for 16-bit on GPU
+    dscale = (x * dzimg).sum()                                        # dL/dt = sum_ij G_ij x_i.y_j = sum_i x_i.(G Y)_i
     dzimg.mul_(t); dztxt.mul_(t)                                      # the scale, applied in O(nd)
-    if positives: loss -= (zimg * ztxt).sum() * t + n * b             # softplus(-l_ii) = softplus(l_ii) - l_ii
+    if positives: loss -= (x * ztxt.to(acc)).sum() * t + n * b        # softplus(-l_ii) = softplus(l_ii) - l_ii
     return loss, dzimg, dztxt, dscale, dbias
 
 # %% ../nbs/01_chunked.ipynb #39094151
 class _ChunkedSigmoidLoss(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, zimg, ztxt, scale, bias, chunk_size):
-        loss, *grads = sigmoid_block_loss_and_grads(zimg, ztxt, scale, bias, True, chunk_size)
+    def forward(ctx, zimg, ztxt, scale, bias, chunk_size, t, b):   # t, b: scale and bias, already read as floats
+        with no_autocast(zimg): loss, *grads = sigmoid_block_loss_and_grads(zimg, ztxt, t, b, True, chunk_size)
         n = zimg.shape[0]
         ctx.like = [v if isinstance(v, Tensor) else None for v in (scale, bias)]   # gradients take their shape and dtype
+        ctx.dtypes = zimg.dtype, ztxt.dtype
         ctx.save_for_backward(*(g.div_(n) for g in grads))   # in place: no second copy
         return loss / n
 
@@ -71,16 +87,17 @@ class _ChunkedSigmoidLoss(torch.autograd.Function):
         dzimg, dztxt, dscale, dbias = ctx.saved_tensors
         ds, db = (None if v is None else (g * grad_out).reshape(v.shape).to(v.dtype)
                   for g, v in zip((dscale, dbias), ctx.like))
-        return dzimg * grad_out, dztxt * grad_out, ds, db, None
+        return (dzimg * grad_out).to(ctx.dtypes[0]), (dztxt * grad_out).to(ctx.dtypes[1]), ds, db, None, None, None
 
 # %% ../nbs/01_chunked.ipynb #6adaf43b
 def chunked_sigmoid_loss(zimg: Tensor, ztxt: Tensor, scale: Tensor | float, bias: Tensor | float,
                          chunk_size: int) -> Tensor:
     """Same value and gradients as `sigmoid_loss`, with at most `n × chunk_size` logits alive at any time, forward or
     backward: batches whose `(n, n)` logit matrix would not fit in memory train exactly, not approximately."""
-    check_embeddings(zimg, ztxt); check_scale_bias(scale, bias); _check_chunk_size(chunk_size)
+    _check_chunk_size(chunk_size)
     if chunk_size is None: raise ValueError("chunk_size must be a positive int, got None")
-    return _ChunkedSigmoidLoss.apply(zimg, ztxt, scale, bias, chunk_size)
+    t, b = read_loss_inputs(zimg, ztxt, scale, bias)                 # one host sync per call
+    return _ChunkedSigmoidLoss.apply(zimg, ztxt, scale, bias, chunk_size, t, b)
 
 # %% ../nbs/01_chunked.ipynb #7d9079d7
 def cached_embedding_step(image_encoder: nn.Module, text_encoder: nn.Module, images: Tensor, texts: Tensor,

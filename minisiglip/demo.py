@@ -84,12 +84,13 @@ def report(metrics: dict) -> str:
 def add_demo_args(parser: argparse.ArgumentParser) -> None:
     "Flags of `minisiglip demo`: where to write, and a few knobs of the training run."
     parser.add_argument('--out', default=DEMO_CONFIG.out_dir, help=f'run folder (default: {DEMO_CONFIG.out_dir})')
-    for name in ('steps', 'batch_size', 'lr', 'seed'):
+    for name in ('steps', 'batch_size', 'lr', 'seed', 'device', 'precision'):
         parser.add_argument('--' + name.replace('_', '-'), type=type(getattr(DEMO_CONFIG, name)), default=getattr(DEMO_CONFIG, name))
     parser.add_argument('--n-eval', type=int, default=1000, help='retrieval candidates')
 
 def run_demo(args: argparse.Namespace) -> int:
     "`minisiglip demo`: train, evaluate, write the run folder, print a short report."
-    cfg = dataclasses.replace(DEMO_CONFIG, out_dir=args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    cfg = dataclasses.replace(DEMO_CONFIG, out_dir=args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                              seed=args.seed, device=args.device, precision=args.precision)
     print(report(demo(cfg, args.n_eval)) + f'\nrun folder: {cfg.out_dir}')
     return 0

@@ -20,12 +20,14 @@ import torch.distributed as dist
 import torch.distributed.nn.functional as dist_nn
 import torch.nn.functional as F
 from torch import Tensor
-from .losses import check_embeddings, check_scale_bias, sigmoid_loss, softmax_loss, peak_bytes, _positive_int
+from .losses import (read_loss_inputs, sigmoid_loss, softmax_loss, peak_bytes, _positive_int,
+                               accum_dtype, no_autocast, _logits, synchronize)
 from .chunked import sigmoid_block_loss_and_grads, _check_chunk_size
 
 # %% auto #0
-__all__ = ['LOSSES', 'CommStats', 'ring_sigmoid_loss', 'gather_softmax_loss', 'gather_sigmoid_loss', 'init_distributed', 'spawn',
-           'loss_step', 'loss_steps', 'add_distributed_args', 'run_distributed']
+__all__ = ['DEVICES', 'BACKENDS', 'LOSSES', 'CommStats', 'ring_sigmoid_loss', 'gather_softmax_loss', 'gather_sigmoid_loss',
+           'pick_device', 'init_distributed', 'spawn', 'loss_step', 'loss_steps', 'add_distributed_args',
+           'run_distributed']
 
 # %% ../nbs/02_distributed.ipynb #a3211263
 def _world(group: dist.ProcessGroup | None) -> tuple[int, int]:
@@ -53,10 +55,11 @@ def _post(ops: list[tuple[Callable, Tensor, int, int, str]], what: str, group, s
 
 def _wait(pending: list, what: str, timeout_s: float) -> None:
     "Wait for every op in `pending` for at most `timeout_s` each; a dead or stuck peer raises a RuntimeError naming `what`."
-    for work, desc, _ in pending:
-        try: ok = work.wait(timedelta(seconds=timeout_s))
+    for work, desc, t in pending:
+        try: ok = work.wait() if t.is_cuda else work.wait(timedelta(seconds=timeout_s))   # NCCL: no host block
         except Exception as e:
-            why = f"timed out after {timeout_s:g} s" if 'timed out' in str(e).lower() else f"failed ({type(e).__name__}: {e})"
+            timed_out = any(w in str(e).lower() for w in ('timed out', 'timeout'))
+            why = f"timed out after {timeout_s:g} s" if timed_out else f"failed ({type(e).__name__}: {e})"
             raise RuntimeError(f"{what}: {desc} {why}") from e
         if ok is False: raise RuntimeError(f"{what}: {desc} timed out after {timeout_s:g} s")
 
@@ -80,14 +83,15 @@ def _ring_loss_and_grads(zimg: Tensor, ztxt: Tensor, scale, bias, group, bidirec
     """Unnormalised loss of local images vs all texts, and (dzimg, dztxt, dscale, dbias);
     dztxt collected from every rank."""
     rank, W = _world(group)
+    scale, bias = float(scale), float(bias)              # read once: every block below reuses the host floats
     loss, dzimg, dztxt, dscale, dbias = sigmoid_block_loss_and_grads(zimg, ztxt, scale, bias, True, chunk_size)
     hops = {+1: W // 2, -1: (W - 1) // 2} if bidirectional else {+1: W - 1}   # direction -> steps; sums to W - 1
     hops = {s: h for s, h in hops.items() if h > 0}
     n, tag = max(hops.values(), default=0), {+1: 0, -1: 1}   # tags keep the four message kinds apart
     # Fixed buffers, allocated once: per direction two text blocks (receive into one while the other is scored
     # and sent on), one outgoing and one incoming text gradient. Memory is O(b d) per direction whatever W is.
-    blocks = {s: [torch.empty_like(ztxt) for _ in range(2)] for s in hops}
-    gsend, grecv = ({s: torch.empty_like(ztxt) for s in hops if want_grads} for _ in range(2))
+    blocks = {s: [torch.empty_like(ztxt) for _ in range(2)] for s in hops}   # texts travel in their own dtype
+    gsend, grecv = ({s: torch.empty_like(dztxt) for s in hops if want_grads} for _ in range(2))  # gradients: float32
     held, got = {s: ztxt for s in hops}, []              # got: directions with a text gradient arriving
 
     def text_ops(step):  # send the held blocks one hop on and receive the blocks for `step`
@@ -135,12 +139,13 @@ def _check_same_grad_scale(g: Tensor, group, timeout_s: float) -> None:
 # %% ../nbs/02_distributed.ipynb #e3cf9787
 class _RingSigmoidLoss(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, zimg, ztxt, scale, bias, group, bidirectional, chunk_size, timeout_s, stats):
+    def forward(ctx, zimg, ztxt, scale, bias, group, bidirectional, chunk_size, timeout_s, stats, t, b_):
         want = any(ctx.needs_input_grad[:4])             # in eval mode skip the gradient returns: half the bytes
-        loss, *grads = _ring_loss_and_grads(zimg, ztxt, scale, bias, group, bidirectional, chunk_size,
-                                            timeout_s, stats, want)
+        with no_autocast(zimg):                          # t, b_: scale and bias, read once as floats
+            loss, *grads = _ring_loss_and_grads(zimg, ztxt, t, b_, group, bidirectional, chunk_size,
+                                                timeout_s, stats, want)
         b = zimg.shape[0]
-        ctx.group, ctx.timeout_s = group, timeout_s
+        ctx.group, ctx.timeout_s, ctx.dtypes = group, timeout_s, (zimg.dtype, ztxt.dtype)
         ctx.like = [v if isinstance(v, Tensor) else None for v in (scale, bias)]
         ctx.save_for_backward(*(g / b for g in grads))
         return loss / b
@@ -151,7 +156,7 @@ class _RingSigmoidLoss(torch.autograd.Function):
         dzimg, dztxt, dscale, dbias = ctx.saved_tensors
         ds, db = (None if v is None else (d * g).reshape(v.shape).to(v.dtype)
                   for d, v in zip((dscale, dbias), ctx.like))
-        return dzimg * g, dztxt * g, ds, db, None, None, None, None, None
+        return (dzimg * g).to(ctx.dtypes[0]), (dztxt * g).to(ctx.dtypes[1]), ds, db, *[None] * 7
 
 # %% ../nbs/02_distributed.ipynb #81f89675
 def ring_sigmoid_loss(zimg: Tensor, ztxt: Tensor, scale: Tensor | float, bias: Tensor | float,
@@ -163,9 +168,9 @@ def ring_sigmoid_loss(zimg: Tensor, ztxt: Tensor, scale: Tensor | float, bias: T
     The mean over ranks equals `sigmoid_loss` of the concatenated batch; rank r's embedding gradients are those of the
     *sum* of rank losses, so DDP's averaging yields the full-batch gradient. Works without a process group (W = 1).
     A peer that dies or hangs raises a RuntimeError naming the ring step after `timeout_s` seconds."""
-    check_embeddings(zimg, ztxt); check_scale_bias(scale, bias)
+    t, b = read_loss_inputs(zimg, ztxt, scale, bias)   # one host sync; the blocks reuse t and b
     if _world(group)[1] > 1: _check_same_shape(zimg, group, timeout_s)
-    return _RingSigmoidLoss.apply(zimg, ztxt, scale, bias, group, bidirectional, chunk_size, timeout_s, stats)
+    return _RingSigmoidLoss.apply(zimg, ztxt, scale, bias, group, bidirectional, chunk_size, timeout_s, stats, t, b)
 
 # %% ../nbs/02_distributed.ipynb #7d42b8f4
 def _all_gather_with_grad(z: Tensor, group) -> Tensor:
@@ -182,7 +187,7 @@ def gather_softmax_loss(zimg: Tensor, ztxt: Tensor, scale: Tensor | float, group
     follow the same sum-over-ranks convention as `ring_sigmoid_loss`. The baseline whose b × W·b logits the ring
     avoids. `stats` gets the textbook count (a ring all-gather per tensor and a reduce-scatter per gradient), not
     gloo's own messages."""
-    check_embeddings(zimg, ztxt); check_scale_bias(scale)
+    read_loss_inputs(zimg, ztxt, scale)
     rank, W = _world(group)
     if W == 1: return softmax_loss(zimg, ztxt, scale)
     _check_same_shape(zimg, group, timeout_s)
@@ -191,23 +196,27 @@ def gather_softmax_loss(zimg: Tensor, ztxt: Tensor, scale: Tensor | float, group
         stats.bytes_sent += 4 * (W - 1) * zimg.nbytes; stats.steps += 4 * (W - 1)
     b = zimg.shape[0]
     target = torch.arange(rank * b, (rank + 1) * b, device=zimg.device)
-    i2t = F.cross_entropy(scale * zimg @ all_txt.T, target)                     # (b, W b) logits
-    t2i = F.cross_entropy(scale * ztxt @ all_img.T, target)                     # and again
-    return (i2t + t2i) / 2
+    with no_autocast(zimg):                                                     # float32 logits, as softmax_loss
+        i2t = F.cross_entropy(_logits(zimg, all_txt, scale), target)            # (b, W b) logits
+        t2i = F.cross_entropy(_logits(ztxt, all_img, scale), target)            # and again
+        return (i2t + t2i) / 2
 
 # %% ../nbs/02_distributed.ipynb #b295dca8
 class _GatheredSigmoidLoss(torch.autograd.Function):
     "This rank's images `(b, d)` against all texts `(W b, d)`, block by block; block `rank` holds the positives."
     @staticmethod
-    def forward(ctx, zimg, all_txt, scale, bias, rank, chunk_size):
-        b = zimg.shape[0]
-        loss, dscale, dbias = (zimg.new_zeros(()) for _ in range(3))
-        dzimg, dtxt = torch.zeros_like(zimg), torch.empty_like(all_txt)   # (b, d), (W b, d)
-        for s, y in enumerate(all_txt.split(b)):       # text block s, the ring's visit order aside
-            l, gi, gt, gs, gb = sigmoid_block_loss_and_grads(zimg, y, scale, bias, s == rank, chunk_size)
-            loss += l; dzimg += gi; dscale += gs; dbias += gb
-            dtxt[s * b:(s + 1) * b] = gt
+    def forward(ctx, zimg, all_txt, scale, bias, rank, chunk_size, t, c):   # t, c: scale and bias as floats
+        b, acc = zimg.shape[0], accum_dtype(zimg, all_txt)
+        loss, dscale, dbias = (zimg.new_zeros((), dtype=acc) for _ in range(3))
+        dzimg = torch.zeros(zimg.shape, dtype=acc, device=zimg.device)
+        dtxt = torch.empty(all_txt.shape, dtype=acc, device=zimg.device)  # (b, d), (W b, d), float32 sums
+        with no_autocast(zimg):
+            for s, y in enumerate(all_txt.split(b)):   # text block s, the ring's visit order aside
+                l, gi, gt, gs, gb = sigmoid_block_loss_and_grads(zimg, y, t, c, s == rank, chunk_size)
+                loss += l; dzimg += gi; dscale += gs; dbias += gb
+                dtxt[s * b:(s + 1) * b] = gt
         ctx.like = [v if isinstance(v, Tensor) else None for v in (scale, bias)]
+        ctx.dtypes = zimg.dtype, all_txt.dtype
         ctx.save_for_backward(*(g.div_(b) for g in (dzimg, dtxt, dscale, dbias)))
         return loss / b
 
@@ -216,7 +225,7 @@ class _GatheredSigmoidLoss(torch.autograd.Function):
         dzimg, dtxt, dscale, dbias = ctx.saved_tensors
         ds, db = (None if v is None else (d * g).reshape(v.shape).to(v.dtype)
                   for d, v in zip((dscale, dbias), ctx.like))
-        return dzimg * g, dtxt * g, ds, db, None, None
+        return (dzimg * g).to(ctx.dtypes[0]), (dtxt * g).to(ctx.dtypes[1]), ds, db, None, None, None, None
 
 # %% ../nbs/02_distributed.ipynb #8499c0f6
 def gather_sigmoid_loss(zimg: Tensor, ztxt: Tensor, scale: Tensor | float, bias: Tensor | float,
@@ -227,22 +236,45 @@ def gather_sigmoid_loss(zimg: Tensor, ztxt: Tensor, scale: Tensor | float, bias:
     losses) but CLIP's exchange: an all_gather of the texts, with gradient. At most `b × chunk_size` logits exist at
     once (`b × b` when None); the gathered `(W b, d)` texts and their gradient grow with W. `stats` gets the textbook
     count: (W-1) text blocks all-gathered, and as many gradient blocks reduce-scattered when the texts need grad."""
-    check_embeddings(zimg, ztxt); check_scale_bias(scale, bias); _check_chunk_size(chunk_size)
+    _check_chunk_size(chunk_size)
+    t, c = read_loss_inputs(zimg, ztxt, scale, bias)
     rank, W = _world(group)
     if W > 1: _check_same_shape(zimg, group, timeout_s)
     all_txt = _all_gather_with_grad(ztxt, group) if W > 1 else ztxt          # (W b, d)
     if stats is not None and W > 1:
         k = 2 if all_txt.requires_grad else 1                                  # 2: the backward's reduce-scatter too
         stats.bytes_sent += k * (W - 1) * ztxt.nbytes; stats.steps += k * (W - 1)
-    return _GatheredSigmoidLoss.apply(zimg, all_txt, scale, bias, rank, chunk_size)
+    return _GatheredSigmoidLoss.apply(zimg, all_txt, scale, bias, rank, chunk_size, t, c)
 
 # %% ../nbs/02_distributed.ipynb #085ce05b
-def init_distributed(timeout_s: float = 60., backend: str | None = None) -> tuple[int, int]:
-    """Join the job described by torchrun's environment (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT): NCCL on CUDA,
-    gloo on CPU, with `timeout_s` on every collective so that a lost peer becomes an error, not a hang. Returns (rank, W)."""
+DEVICES, BACKENDS = ('auto', 'cpu', 'cuda'), ('auto', 'gloo', 'nccl')
+
+def pick_device(name: str = 'auto', local_rank: int | None = None) -> torch.device:
+    """The device a process computes on: `'cpu'`, `'cuda'` (GPU `local_rank`, default torchrun's `LOCAL_RANK`), or
+    `'auto'` (that GPU if this PyTorch sees one, else the CPU)."""
+    if name not in DEVICES: raise ValueError(f"device must be one of {DEVICES}, got {name!r}")
+    if name == 'cpu' or (name == 'auto' and not torch.cuda.is_available()): return torch.device('cpu')
+    if not torch.cuda.is_available():
+        raise ValueError("device 'cuda' asked for, but this PyTorch sees no GPU (--device cpu)")
+    local_rank = int(os.environ.get('LOCAL_RANK', 0)) if local_rank is None else local_rank
+    if local_rank >= torch.cuda.device_count():
+        raise ValueError(f"process {local_rank} on this machine has no GPU of its own ({torch.cuda.device_count()} "
+                         "visible): start fewer processes per node, or use --device cpu")
+    return torch.device('cuda', local_rank)
+
+def init_distributed(timeout_s: float = 60., backend: str | None = None,
+                     device: torch.device | None = None) -> tuple[int, int]:
+    """Join the job described by torchrun's environment (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT) for tensors on
+    `device` (default `pick_device()`): backend `'auto'`/None is NCCL for a GPU and gloo for the CPU, with `timeout_s`
+    on every collective so that a lost peer becomes an error, not a hang. Returns (rank, W)."""
     if not dist.is_initialized():
-        backend = backend or ('nccl' if torch.cuda.is_available() else 'gloo')
-        if backend == 'nccl': torch.cuda.set_device(int(os.environ.get('LOCAL_RANK', 0)))
+        device = device or pick_device()
+        backend = backend or 'auto'
+        if backend not in BACKENDS: raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if backend == 'auto': backend = 'nccl' if device.type == 'cuda' else 'gloo'
+        if backend == 'nccl' and device.type != 'cuda':
+            raise ValueError("backend 'nccl' moves GPU tensors only: use --device cuda, or gloo for the CPU")
+        if device.type == 'cuda': torch.cuda.set_device(device)
         dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
     return dist.get_rank(), dist.get_world_size()
 
@@ -251,48 +283,53 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
 
-def _spawned(rank: int, world_size: int, port: int, fn: Callable, args: tuple, timeout_s: float, threads: int, out: str) -> None:
+def _spawned(rank: int, world_size: int, port: int, fn: Callable, args: tuple, timeout_s: float, threads: int, out: str,
+             device: str) -> None:
     torch.set_num_threads(threads)                        # W processes share the parent's cores
     os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size),
                       LOCAL_RANK=str(rank))
-    init_distributed(timeout_s, backend='gloo')
+    init_distributed(timeout_s, device=pick_device(device, rank))
     try: torch.save(fn(*args), os.path.join(out, f'{rank}.pt'))
     finally: dist.destroy_process_group()
 
-def spawn(fn: Callable, world_size: int, *args, timeout_s: float = 60.) -> list:
-    """Run `fn(*args)` on `world_size` local gloo processes and return each rank's result: the notebooks', the bench's
-    and the tests' way to run multi-process code without torchrun. Each rank gets an equal share (at least one) of this
-    process's torch threads, so W ranks together use the cores a single-process run would."""
+def spawn(fn: Callable, world_size: int, *args, timeout_s: float = 60., device: str = 'cpu') -> list:
+    """Run `fn(*args)` on `world_size` local processes and return each rank's result (on the CPU): the notebooks', the
+    bench's and the tests' way to run multi-process code without torchrun. `device` 'cpu' (gloo, the default) or
+    'cuda' (one GPU per rank, NCCL). Each rank gets an equal share (at least one) of this process's torch threads, so W
+    ranks together use the cores a single-process run would."""
     threads = max(1, torch.get_num_threads() // world_size)
     with tempfile.TemporaryDirectory() as out:
-        torch.multiprocessing.spawn(_spawned, args=(world_size, _free_port(), fn, args, timeout_s, threads, out), nprocs=world_size)
-        return [torch.load(os.path.join(out, f'{r}.pt')) for r in range(world_size)]
+        torch.multiprocessing.spawn(_spawned, nprocs=world_size,
+                                    args=(world_size, _free_port(), fn, args, timeout_s, threads, out, device))
+        return [torch.load(os.path.join(out, f'{r}.pt'), map_location='cpu') for r in range(world_size)]
 
 # %% ../nbs/02_distributed.ipynb #4fb83783
 LOSSES = ('ring', 'ring-bidir', 'gather-softmax', 'gather-sigmoid')
 
 def loss_step(method: str, b: int, d: int, seed: int = 0, chunk_size: int | None = None, scale: float = 10.,
-              bias: float = -10., dtype: torch.dtype = torch.float32, reps: int = 1) -> dict:
+              bias: float = -10., dtype: torch.dtype = torch.float32, reps: int = 1, device: str = 'cpu') -> dict:
     """One forward + backward of `method` (one of `LOSSES`) on this rank's slice of a seeded global batch of W·b pairs:
     loss, gradients, bytes sent and peak tensor bytes of that step, and the median seconds of `reps` more steps --
     the evidence behind the equivalence checks, the complexity table and the bench's distributed rows."""
-    return loss_steps([method], b, d, seed, chunk_size, scale, bias, dtype, reps)[0]
+    return loss_steps([method], b, d, seed, chunk_size, scale, bias, dtype, reps, device)[0]
 
 def loss_steps(methods: list[str], b: int, d: int, seed: int = 0, chunk_size: int | None = None, scale: float = 10.,
-               bias: float = -10., dtype: torch.dtype = torch.float32, reps: int = 1) -> list[dict]:
+               bias: float = -10., dtype: torch.dtype = torch.float32, reps: int = 1,
+               device: str = 'cpu') -> list[dict]:
     """`loss_step` for several methods on the same batch, in one process group: each method's profiled step, then
-    `reps` timed rounds that take the methods in turn, so that a change in the machine's load hits all of them alike."""
+    `reps` timed rounds that take the methods in turn, so that a change in the machine's load hits all of them alike.
+    On a GPU `device` the batch lives there, timings wait for the GPU and memory is the allocator's peak."""
     for method in methods:
         if method not in LOSSES: raise ValueError(f"method must be one of {LOSSES}, got {method!r}")
     if len(set(methods)) != len(methods): raise ValueError(f"methods must not repeat, got {methods}")
     if reps < 1: raise ValueError(f"reps must be at least 1 (the timed steps), got {reps}")
     rank, W = _world(None)
     g = torch.Generator().manual_seed(seed)
-    zi, zt = (F.normalize(torch.randn(W * b, d, generator=g, dtype=dtype), dim=-1)[rank * b:(rank + 1) * b]
+    zi, zt = (F.normalize(torch.randn(W * b, d, generator=g, dtype=dtype), dim=-1)[rank * b:(rank + 1) * b].to(device)
               for _ in range(2))
     def step(method, stats=None):
         x, y = zi.clone().requires_grad_(), zt.clone().requires_grad_()
-        t, c = torch.tensor(scale, dtype=dtype, requires_grad=True), torch.tensor(bias, dtype=dtype, requires_grad=True)
+        t, c = (torch.tensor(v, dtype=dtype, device=device, requires_grad=True) for v in (scale, bias))
         if method == 'gather-softmax': loss = gather_softmax_loss(x, y, t, stats=stats)
         elif method == 'gather-sigmoid': loss = gather_sigmoid_loss(x, y, t, c, chunk_size=chunk_size, stats=stats)
         else: loss = ring_sigmoid_loss(x, y, t, c, bidirectional=method == 'ring-bidir', chunk_size=chunk_size,
@@ -302,7 +339,7 @@ def loss_steps(methods: list[str], b: int, d: int, seed: int = 0, chunk_size: in
     res = []
     for method in methods:                                           # the profiled step: memory, bytes, results
         stats, out = CommStats(), []
-        peak = peak_bytes(lambda: out.extend(step(method, stats)))
+        peak = peak_bytes(lambda: out.extend(step(method, stats)), device)
         loss, dzimg, dztxt, dscale, dbias = out
         res.append(dict(method=method, rank=rank, world_size=W, b=b, d=d, chunk_size=chunk_size, loss=loss,
                         dzimg=dzimg, dztxt=dztxt, dscale=dscale, dbias=dbias, bytes_sent=stats.bytes_sent,
@@ -310,7 +347,8 @@ def loss_steps(methods: list[str], b: int, d: int, seed: int = 0, chunk_size: in
     secs = [[] for _ in methods]
     for _ in range(reps):                                            # timed rounds, the methods in turn
         for method, times in zip(methods, secs):
-            t0 = time.perf_counter(); step(method); times.append(time.perf_counter() - t0)
+            synchronize(device); t0 = time.perf_counter()
+            step(method); synchronize(device); times.append(time.perf_counter() - t0)
     for r, times in zip(res, secs): r['seconds'] = statistics.median(times)
     return res
 
@@ -323,15 +361,18 @@ def add_distributed_args(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     parser.add_argument('--chunk-size', type=_positive_int, default=None, help='texts per block chunk in the ring and gather-sigmoid (default: a whole block)')
     parser.add_argument('--reps', type=_positive_int, default=3, help='timed steps after the first (profiled, memory) step; the median is shown')
     parser.add_argument('--timeout', type=float, default=60., help='seconds before a lost peer becomes an error')
+    parser.add_argument('--device', choices=DEVICES, default='auto', help='auto: this rank\'s GPU if there is one')
+    parser.add_argument('--backend', choices=BACKENDS, default='auto', help='auto: NCCL for GPUs, gloo for the CPU')
     parser.add_argument('--json', default=None, help='write the figures as JSON here (rank 0)')
     return parser
 
 def run_distributed(args: argparse.Namespace) -> int:
     "Init the process group (torchrun's env), run one measured loss step per rank, print the slowest rank's figures."
     torch.set_num_threads(int(os.environ.get('OMP_NUM_THREADS', 1)))
-    rank, W = init_distributed(args.timeout)
+    device = pick_device(args.device)
+    rank, W = init_distributed(args.timeout, args.backend, device)
     try:
-        r = loss_step(args.method, args.b, args.d, chunk_size=args.chunk_size, reps=args.reps)
+        r = loss_step(args.method, args.b, args.d, chunk_size=args.chunk_size, reps=args.reps, device=device)
         worst = torch.tensor([r['seconds'], r['peak_bytes'], r['bytes_sent']], dtype=torch.float64)
         dist.all_reduce(worst, op=dist.ReduceOp.MAX)
         out = dict(method=args.method, world_size=W, b=args.b, d=args.d, chunk_size=args.chunk_size,

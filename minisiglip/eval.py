@@ -17,6 +17,7 @@ from .data import (COLOURS, SHAPES, SIZES, HELD_OUT, DIGIT_NAMES, DIGIT_TEMPLATE
                              ShapesDataset, DigitsDataset, Tokenizer, ImageCaptionDataset, CaptionFileDataset,
                              split_words)
 from .train import TrainConfig, load_checkpoint, latest_checkpoint, build_data, check_same_data
+from .distributed import pick_device, DEVICES
 
 # %% auto #0
 __all__ = ['OBJECT_TEMPLATES', 'COUNT_TEMPLATES', 'PAIRS', 'zero_shot_accuracy', 'recall_at_k', 'chance_recall', 'embed',
@@ -65,10 +66,11 @@ def chance_recall(positives: Tensor, ks: Sequence[int] = (1, 5, 10)) -> dict[str
 # %% ../nbs/06_eval.ipynb #edd2c64d
 @torch.no_grad()
 def embed(model: nn.Module, images: Tensor | None = None, tokens: Tensor | None = None, batch_size: int = 256) -> Tensor:
-    "Normalised embeddings of `images` or of `tokens`, in batches so that a big evaluation set fits in memory."
+    "Normalised embeddings (float32, on CPU) of `images` or `tokens`, encoded in batches on the model's device."
     x, enc = (images, model.encode_image) if images is not None else (tokens, model.encode_text)
     device = next(model.parameters()).device
-    return torch.cat([enc(x[i:i + batch_size].to(device)) for i in range(0, len(x), batch_size)]).float()
+    return torch.cat([enc(x[i:i + batch_size].to(device)).float().cpu()          # metrics are small: computed on CPU
+                      for i in range(0, len(x), batch_size)])
 
 def class_embeddings(model: nn.Module, tok: Tokenizer, prompts: dict[Hashable, list[str]]) -> Tensor:
     """One embedding per class `(n_classes, d)`: the normalised mean of its prompts' embeddings. Averaging over
@@ -362,10 +364,12 @@ def add_eval_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--image-col', default=None, help='image column of --data (default: the first usual name)')
     parser.add_argument('--caption-col', default=None, help='caption column of --data (default: the first usual name)')
     parser.add_argument('--skip-bad', action='store_true', help='leave out unreadable pairs of --data (reported)')
+    parser.add_argument('--device', choices=DEVICES, default='auto', help='auto: the GPU if there is one')
 
 def run_eval(args: argparse.Namespace) -> int:
     "`minisiglip eval`: load a checkpoint, evaluate it on its validation data, print and save the metrics."
     model, tok, state = load_checkpoint(args.checkpoint)
+    model.to(pick_device(args.device, 0))                         # `embed` moves each batch to the model's device
     cfg = state['config']
     seed = cfg['seed'] if args.seed is None else args.seed
     if args.data is not None or cfg['data'] not in ('shapes', 'digits'):

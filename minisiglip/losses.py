@@ -19,13 +19,16 @@ from torch import Tensor
 from torch.profiler import profile, ProfilerActivity
 
 # %% auto #0
-__all__ = ['MASK_STRATEGIES', 'CLIP_INIT_SCALE', 'check_embeddings', 'check_scale_bias', 'sigmoid_loss', 'softmax_loss',
-           'sigmoid_logit_grad', 'softmax_logit_grad', 'logit_grad_to_inputs', 'markdown_table', 'prior_bias',
-           'ScaleBias', 'negative_mask', 'masked_sigmoid_loss', 'peak_bytes', 'add_losses_args', 'run_losses']
+__all__ = ['MASK_STRATEGIES', 'CLIP_INIT_SCALE', 'check_embeddings', 'check_scale_bias', 'read_loss_inputs', 'accum_dtype',
+           'no_autocast', 'sigmoid_loss', 'softmax_loss', 'sigmoid_logit_grad', 'softmax_logit_grad',
+           'logit_grad_to_inputs', 'markdown_table', 'prior_bias', 'ScaleBias', 'negative_mask', 'masked_sigmoid_loss',
+           'synchronize', 'peak_bytes', 'add_losses_args', 'run_losses']
 
 # %% ../nbs/00_losses.ipynb #33280140
-def check_embeddings(zimg: Tensor, ztxt: Tensor) -> None:
-    "Raise `ValueError` naming the problem unless `zimg` and `ztxt` are finite float `(n, d)` tensors of one shape."
+def check_embeddings(zimg: Tensor, ztxt: Tensor, finite: bool = True) -> None:
+    """Raise `ValueError` naming the problem unless `zimg` and `ztxt` are float `(n, d)` tensors of one shape, and
+    (`finite`) hold no NaN or inf: that part reads the device, so the losses fold it into one read
+    (`read_loss_inputs`)."""
     for name, z in (('zimg', zimg), ('ztxt', ztxt)):
         if not isinstance(z, Tensor): raise ValueError(f"{name} must be a torch.Tensor, got {type(z).__name__}")
         if z.ndim != 2: raise ValueError(f"{name} must be 2-D (n, d), got shape {tuple(z.shape)}")
@@ -34,7 +37,7 @@ def check_embeddings(zimg: Tensor, ztxt: Tensor) -> None:
     if zimg.shape != ztxt.shape:
         raise ValueError(f"zimg and ztxt must have the same (n, d): got {tuple(zimg.shape)} and {tuple(ztxt.shape)}")
     for name, z in (('zimg', zimg), ('ztxt', ztxt)):
-        if not torch.isfinite(z).all(): raise ValueError(f"{name} contains NaN or inf values")
+        if finite and not torch.isfinite(z).all(): raise ValueError(f"{name} contains NaN or inf values")
 
 # %% ../nbs/00_losses.ipynb #552b5eee
 def check_scale_bias(scale: Tensor | float, bias: Tensor | float | None = None) -> None:
@@ -46,29 +49,59 @@ def check_scale_bias(scale: Tensor | float, bias: Tensor | float | None = None) 
         if not torch.isfinite(t).all(): raise ValueError(f"{name} must be finite, got {t.item()}")
     if torch.as_tensor(scale).item() <= 0: raise ValueError(f"scale must be positive (it is t = exp(t')), got {float(scale)}")
 
+# %% ../nbs/00_losses.ipynb #6ef531c3
+def read_loss_inputs(zimg: Tensor, ztxt: Tensor, scale: Tensor | float,
+                     bias: Tensor | float | None = None) -> tuple[float, float | None]:
+    """`check_embeddings` and `check_scale_bias` with one device read (one host sync): returns `(t, b)` as floats
+    (b None when `bias` is). On bad values the full checks run again to name the problem."""
+    check_embeddings(zimg, ztxt, finite=False)
+    values = [v for v in (scale, bias) if v is not None]
+    as_scalar = lambda v: torch.as_tensor(v, dtype=torch.float64, device=zimg.device).reshape(-1)[:1]   # exact
+    if any(torch.as_tensor(v).numel() != 1 for v in values): check_scale_bias(scale, bias)   # raises: not a scalar
+    flags = [torch.isfinite(zimg).all().double().reshape(1), torch.isfinite(ztxt).all().double().reshape(1)]
+    read = torch.cat(flags + [as_scalar(v) for v in values]).tolist()
+    if read[:2] != [1., 1.] or not all(math.isfinite(v) for v in read[2:]) or read[2] <= 0:
+        check_embeddings(zimg, ztxt); check_scale_bias(scale, bias)    # the slow path names what is wrong
+    return read[2], (read[3] if bias is not None else None)
+
 # %% ../nbs/00_losses.ipynb #5eba2801
+def accum_dtype(*tensors: Tensor) -> torch.dtype:
+    "The dtype the losses hold logits and sums in: float64 if any input is float64, else float32 (16-bit inputs too)."
+    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+
+def _logits(zimg: Tensor, ztxt: Tensor, scale: Tensor | float, bias: Tensor | float | None = None) -> Tensor:
+    "`scale * zimg @ ztxt.T (+ bias)`, `(n, n)`, in `accum_dtype` (callers switch autocast off)."
+    acc = accum_dtype(zimg, ztxt)
+    logits = scale * (zimg.to(acc) @ ztxt.to(acc).T)
+    return logits if bias is None else logits + bias
+
 def _labels(n: int, like: Tensor) -> Tensor:
     "z: +1 on the diagonal (positives), -1 elsewhere, in `like`'s dtype and device."
     return 2 * torch.eye(n, dtype=like.dtype, device=like.device) - 1
 
 def _sigmoid_terms(zimg: Tensor, ztxt: Tensor, scale: Tensor | float, bias: Tensor | float) -> tuple[Tensor, Tensor]:
     "The (n, n) logits and the per-pair losses -log sigmoid(z_ij logit_ij): shared by the plain and the masked loss."
-    logits = scale * zimg @ ztxt.T + bias                          # (n, n)
+    logits = _logits(zimg, ztxt, scale, bias)                      # (n, n)
     return logits, -F.logsigmoid(_labels(len(logits), logits) * logits)  # logsigmoid: finite where log(sigmoid) is not
+
+def no_autocast(z: Tensor):
+    "A context with autocast off on `z`'s device, so that a loss keeps the dtypes it chose under `torch.autocast` too."
+    return torch.autocast(z.device.type, enabled=False)
 
 # %% ../nbs/00_losses.ipynb #32daf10d
 def sigmoid_loss(zimg: Tensor, ztxt: Tensor, scale: Tensor | float, bias: Tensor | float) -> Tensor:
     "SigLIP loss: `-sum_ij log_sigmoid(z_ij * (scale * zimg @ ztxt.T + bias)) / n`, z = +1 on the diagonal, -1 off it."
-    check_embeddings(zimg, ztxt); check_scale_bias(scale, bias)
-    return _sigmoid_terms(zimg, ztxt, scale, bias)[1].sum() / len(zimg)
+    read_loss_inputs(zimg, ztxt, scale, bias)
+    with no_autocast(zimg): return _sigmoid_terms(zimg, ztxt, scale, bias)[1].sum() / len(zimg)
 
 # %% ../nbs/00_losses.ipynb #55524e16
 def softmax_loss(zimg: Tensor, ztxt: Tensor, scale: Tensor | float) -> Tensor:
     "CLIP's InfoNCE loss: the mean of the image->text and text->image cross-entropies of `scale * zimg @ ztxt.T`."
-    check_embeddings(zimg, ztxt); check_scale_bias(scale)
-    logits = scale * zimg @ ztxt.T                                 # (n, n): row i = image i against every text
-    target = torch.arange(logits.shape[0], device=logits.device)
-    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+    read_loss_inputs(zimg, ztxt, scale)
+    with no_autocast(zimg):
+        logits = _logits(zimg, ztxt, scale)                        # (n, n): row i = image i against every text
+        target = torch.arange(logits.shape[0], device=logits.device)
+        return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
 
 # %% ../nbs/00_losses.ipynb #b2fbb445
 def _check_logits(logits: Tensor) -> None:
@@ -149,7 +182,7 @@ def negative_mask(logits: Tensor, keep_ratio: float, strategy: str = 'random', g
 def masked_sigmoid_loss(zimg: Tensor, ztxt: Tensor, scale: Tensor | float, bias: Tensor | float, keep_ratio: float,
                         strategy: str = 'random', generator: torch.Generator | None = None) -> Tensor:
     "`sigmoid_loss` over the positives and a `keep_ratio` of the negatives (see `negative_mask`), still divided by n: equals `sigmoid_loss` at ratio 1."
-    check_embeddings(zimg, ztxt); check_scale_bias(scale, bias)
+    read_loss_inputs(zimg, ztxt, scale, bias)
     logits, terms = _sigmoid_terms(zimg, ztxt, scale, bias)
     return terms.masked_fill(~negative_mask(logits, keep_ratio, strategy, generator), 0.).sum() / len(zimg)
 
@@ -161,8 +194,17 @@ def _quiet_fd2():
     try: os.dup2(devnull, 2); yield
     finally: os.dup2(saved, 2); os.close(saved); os.close(devnull)
 
-def peak_bytes(fn: Callable[[], object]) -> int:
-    "Peak CPU tensor bytes allocated while `fn()` runs (above what was live before), from the profiler's allocator events: measured, not computed."
+def synchronize(device: torch.device | str | None) -> None:
+    "Wait for the GPU `device` to finish its queued work (nothing to wait for on CPU): timings must include the GPU's."
+    if device is not None and torch.device(device).type == 'cuda': torch.cuda.synchronize(device)
+
+def peak_bytes(fn: Callable[[], object], device: torch.device | str | None = None) -> int:
+    """Peak tensor bytes allocated while `fn()` runs (above what was live before), measured: on CPU from the
+    profiler's allocator events, on a CUDA `device` from its caching allocator's peak counter."""
+    if device is not None and torch.device(device).type == 'cuda':
+        synchronize(device); before = torch.cuda.memory_allocated(device); torch.cuda.reset_peak_memory_stats(device)
+        fn(); synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - before
     prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
     with _quiet_fd2(): prof.start()                                   # only the profiler is silenced, never fn
     try: fn()

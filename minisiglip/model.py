@@ -216,10 +216,12 @@ class TextTransformer(nn.Module):
             raise ValueError(f"tokens must be a 2-D (B, L) long tensor, got {tuple(tokens.shape) if isinstance(tokens, Tensor) else type(tokens).__name__}"
                              f"{' of dtype ' + str(tokens.dtype) if isinstance(tokens, Tensor) else ''}")
         if tokens.shape[1] > self.context_length: raise ValueError(f"tokens have length {tokens.shape[1]} > context_length {self.context_length}")
-        if tokens.numel() and (tokens.min() < 0 or tokens.max() >= self.vocab_size):
-            raise ValueError(f"token ids must lie in [0, vocab_size={self.vocab_size}), got [{tokens.min()}, {tokens.max()}]")
         mask = tokens != self.pad_id                                 # (B, L): True for real tokens
-        if not mask.any(1).all(): raise ValueError("a caption is all padding: every row of tokens needs a real token")
+        if tokens.numel():                                           # one device read for the three value checks
+            low, high, empty = torch.stack([tokens.min(), tokens.max(), (~mask.any(1)).sum()]).tolist()
+            if low < 0 or high >= self.vocab_size:
+                raise ValueError(f"token ids must lie in [0, vocab_size={self.vocab_size}), got [{low}, {high}]")
+            if empty: raise ValueError("a caption is all padding: every row of tokens needs a real token")
         return self.encoder(self.tok(tokens) + self.pos[:, :tokens.shape[1]], mask)
 
 # %% ../nbs/04_model.ipynb #bf5cc33b

@@ -24,23 +24,27 @@ from safetensors.torch import save_file, load_file, save_model, load_model
 from tqdm import tqdm
 from .losses import sigmoid_loss, softmax_loss
 from .chunked import chunked_sigmoid_loss
-from .distributed import ring_sigmoid_loss, gather_softmax_loss, init_distributed
+from .distributed import (ring_sigmoid_loss, gather_softmax_loss, init_distributed, pick_device, DEVICES,
+                                    BACKENDS)
 from .data import (ShapesDataset, DigitsDataset, CaptionFileDataset, ImageCaptionDataset, Tokenizer,
                              split_indices, pairs_fingerprint)
 from .model import SigLIP, SigLIPConfig
 
 # %% auto #0
-__all__ = ['LOSSES', 'NOISE_KINDS', 'CKPT_PREFIX', 'STEP_STATS', 'TrainConfig', 'lr_at', 'batch_indices', 'build_data',
-           'check_same_data', 'builtin_data', 'get_batch', 'corrupt_batch', 'build_model', 'make_loss',
-           'setup_processes', 'optimizer_tensors', 'optimizer_state', 'save_checkpoint', 'checkpoints',
-           'latest_checkpoint', 'read_state', 'safetensors_problem', 'read_tensors', 'load_weights', 'load_checkpoint',
-           'load_image_tower', 'rng_to_text', 'rng_from_text', 'logit_means', 'check_finite', 'train_step',
-           'make_optimizer', 'evaluate_loss', 'gather_rng', 'resume_weights', 'train', 'plot_logits',
+__all__ = ['LOSSES', 'NOISE_KINDS', 'PRECISIONS', 'RINGS', 'RUN_ONLY', 'CKPT_PREFIX', 'STEP_STATS', 'AUTOCAST', 'TrainConfig',
+           'lr_at', 'batch_indices', 'build_data', 'check_same_data', 'builtin_data', 'get_batch', 'corrupt_batch',
+           'build_model', 'make_loss', 'setup_processes', 'optimizer_tensors', 'optimizer_state', 'save_checkpoint',
+           'checkpoints', 'latest_checkpoint', 'read_state', 'safetensors_problem', 'read_tensors', 'load_weights',
+           'load_checkpoint', 'load_image_tower', 'rng_to_text', 'rng_from_text', 'logit_means', 'check_finite',
+           'train_step', 'make_optimizer', 'evaluate_loss', 'gather_rng', 'resume_weights', 'train', 'plot_logits',
            'add_dataclass_args', 'dataclass_from_args', 'add_train_args', 'config_from_args', 'run_train']
 
 # %% ../nbs/05_train.ipynb #17bc73fd
 LOSSES = ('sigmoid', 'chunked', 'ring', 'softmax')
 NOISE_KINDS = ('none', 'image', 'text', 'shuffle')
+PRECISIONS = ('fp32', 'bf16', 'fp16')
+RINGS = ('one-way', 'bidir')
+RUN_ONLY = ('out_dir', 'device', 'backend', 'timeout')   # where and how a run executes, not what it computes
 
 @dataclass
 class TrainConfig:
@@ -73,6 +77,11 @@ class TrainConfig:
     noise_frac: float = 0.        # the fraction of pairs of each batch that `noise` corrupts
     init_image: str = ''          # a run folder whose image tower (and image size) this run starts from
     freeze_image: bool = False    # keep the image tower fixed (with init_image: the paper's SigLiT)
+    ring: str = 'one-way'         # under torchrun: the 'one-way' ring, or 'bidir' (both ways: half the steps)
+    precision: str = 'fp32'       # 'fp32', or the towers under autocast in 'bf16' / 'fp16' (fp16: a gradient scaler)
+    device: str = 'auto'          # 'cpu', 'cuda' (one GPU per process) or 'auto' (the GPU if there is one)
+    backend: str = 'auto'         # torchrun's process group: 'gloo', 'nccl' or 'auto' (NCCL for GPUs, gloo for CPUs)
+    timeout: float = 600.         # seconds a rank waits for its peers (evaluation, checkpoints) before failing
     out_dir: str = 'runs/train'   # where checkpoints go
 
     def __post_init__(self):
@@ -86,6 +95,10 @@ class TrainConfig:
         if not 0 <= self.noise_frac <= 1: raise ValueError(f"noise_frac must be in [0, 1], got {self.noise_frac}")
         if self.logit_lr_mult < 0: raise ValueError(f"logit_lr_mult must be >= 0, got {self.logit_lr_mult}")
         if not 0 <= self.val_fraction < 1: raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        for name, allowed in (('ring', RINGS), ('precision', PRECISIONS), ('device', DEVICES), ('backend', BACKENDS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.timeout <= 0: raise ValueError(f"timeout must be positive, got {self.timeout}")
 
 # %% ../nbs/05_train.ipynb #dc2be77a
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -142,8 +155,11 @@ def builtin_data(name: str, n_train: int, seed: int,
             DigitsDataset('val', seed=seed, image_size=image_size), Tokenizer.for_digits())
 
 def get_batch(ds: ImageCaptionDataset, tok: Tokenizer, idx: Tensor, device: torch.device) -> tuple[Tensor, Tensor]:
-    "Images and tokenized captions of the pairs `idx` of an in-memory dataset, on `device`."
-    return ds.images[idx].to(device), tok([ds.captions[i] for i in idx.tolist()]).to(device)
+    """Images and tokenized captions of the pairs `idx` of an in-memory dataset, on `device`. For a GPU they go through
+    page-locked memory, so that the copy runs without blocking Python while the GPU works on the previous step."""
+    images, tokens = ds.images[idx], tok([ds.captions[i] for i in idx.tolist()])
+    if device.type == 'cuda': images, tokens = images.pin_memory(), tokens.pin_memory()
+    return images.to(device, non_blocking=True), tokens.to(device, non_blocking=True)
 
 # %% ../nbs/05_train.ipynb #af39535c
 def corrupt_batch(images: Tensor, tokens: Tensor, kind: str, frac: float, tok: Tokenizer) -> tuple[Tensor, Tensor]:
@@ -176,16 +192,19 @@ def build_model(cfg: TrainConfig, tokenizer: Tokenizer) -> SigLIP:
 def make_loss(cfg: TrainConfig, world: int):
     "The loss `f(zimg, ztxt, scale, bias)` for `cfg.loss`: single-device forms in one process, ring/all-gather across ranks."
     if cfg.loss == 'softmax': return lambda zimg, ztxt, scale, bias: gather_softmax_loss(zimg, ztxt, scale)  # = softmax_loss when W = 1
-    if world > 1 or cfg.loss == 'ring': return ring_sigmoid_loss
+    if world > 1 or cfg.loss == 'ring':
+        return functools.partial(ring_sigmoid_loss, bidirectional=cfg.ring == 'bidir', chunk_size=cfg.chunk_size,
+                                 timeout_s=cfg.timeout)
     if cfg.loss == 'chunked': return lambda zimg, ztxt, scale, bias: chunked_sigmoid_loss(zimg, ztxt, scale, bias, cfg.chunk_size)
     return sigmoid_loss
 
 # %% ../nbs/05_train.ipynb #6f0a84d8
-def setup_processes() -> tuple[int, int, torch.device, bool]:
-    "`(rank, world, device, created_group)`: join torchrun's job if `WORLD_SIZE` > 1; one CUDA device per local rank, else CPU."
-    created = int(os.environ.get('WORLD_SIZE', 1)) > 1 and not dist.is_initialized()
-    rank, world = init_distributed() if int(os.environ.get('WORLD_SIZE', 1)) > 1 else (0, 1)
-    device = torch.device('cuda', int(os.environ.get('LOCAL_RANK', 0))) if torch.cuda.is_available() else torch.device('cpu')
+def setup_processes(cfg: TrainConfig) -> tuple[int, int, torch.device, bool]:
+    "`(rank, world, device, created_group)`: `cfg.device`, and torchrun's process group if `WORLD_SIZE` > 1."
+    multi = int(os.environ.get('WORLD_SIZE', 1)) > 1
+    device = pick_device(cfg.device)
+    created = multi and not dist.is_initialized()
+    rank, world = init_distributed(cfg.timeout, cfg.backend, device) if multi else (0, 1)
     return rank, world, device, created
 
 # %% ../nbs/05_train.ipynb #bbc1be9c
@@ -301,6 +320,7 @@ def rng_from_text(text: str) -> Tensor:
 
 # %% ../nbs/05_train.ipynb #b3fafd90
 STEP_STATS = ('loss', 'grad_norm', 't', 'b', 'pos', 'neg')
+AUTOCAST = {'bf16': torch.bfloat16, 'fp16': torch.float16}
 
 def logit_means(zimg: Tensor, ztxt: Tensor, scale: Tensor, bias: Tensor) -> tuple[Tensor, Tensor]:
     "Mean positive and mean negative logit of a batch in O(nd), without the `(n, n)` logits."
@@ -312,34 +332,46 @@ def logit_means(zimg: Tensor, ztxt: Tensor, scale: Tensor, bias: Tensor) -> tupl
 
 # %% ../nbs/05_train.ipynb #c56814dd
 def check_finite(step: int, world: int, **tensors: Tensor) -> None:
-    "Raise `FloatingPointError` naming `step` and the culprits if any tensor (on any rank) holds NaN or inf."
-    bad = [name for name, t in tensors.items() if not torch.isfinite(t).all()]
-    flag = torch.tensor(float(bool(bad)), device=next(iter(tensors.values())).device)
-    if world > 1: dist.all_reduce(flag)                 # every rank learns whether any rank is bad
-    if flag.item():
-        raise FloatingPointError(f"non-finite {', '.join(bad) or 'values on another rank'} at step {step}; "
-                                 "stopped before the optimizer update (lower lr or raise warmup_steps)")
+    "Raise `FloatingPointError` naming `step` and the culprits if any tensor (on any rank) holds NaN or inf: one read."
+    here = torch.stack([torch.isfinite(t).all() for t in tensors.values()]).float()
+    everywhere = here.clone()
+    if world > 1: dist.all_reduce(everywhere, op=dist.ReduceOp.MIN)   # every rank learns whether any rank is bad
+    flags = torch.cat([here, everywhere]).tolist()
+    bad, bad_anywhere = ([name for name, ok in zip(tensors, part) if not ok] for part in (flags[:len(tensors)],
+                                                                                          flags[len(tensors):]))
+    where = ', '.join(bad) if bad else f"values on another rank ({', '.join(bad_anywhere)} there)"
+    if bad_anywhere: raise FloatingPointError(f"non-finite {where} at step {step}; stopped before the optimizer "
+                                              "update (lower lr or raise warmup_steps)")
 
 # %% ../nbs/05_train.ipynb #aff9d963
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn, images: Tensor, tokens: Tensor,
-               step: int, lr: float, grad_clip: float, world: int = 1) -> dict[str, float]:
-    """One AdamW step at learning rate `lr` (times each group's `lr_mult`); raises before updating on NaN/inf.
-    Returns the full-batch `loss`, the `grad_norm`, `t`, `b` and the mean `pos`itive and `neg`ative logits, read
-    from the device in one transfer."""
+               step: int, lr: float, grad_clip: float, world: int = 1, precision: str = 'fp32',
+               scaler: torch.amp.GradScaler | None = None) -> dict[str, float]:
+    """One AdamW step at learning rate `lr` (times each group's `lr_mult`), the towers under autocast for `precision`
+    'bf16'/'fp16'; raises before updating on NaN/inf, except that with a gradient `scaler` (fp16) a step whose
+    gradients overflow is skipped. Returns the full-batch `loss`, the `grad_norm`, `t`, `b` and the mean `pos`itive and
+    `neg`ative logits, read from the device in one transfer."""
     for group in optimizer.param_groups: group['lr'] = lr * group.get('lr_mult', 1.)
-    zimg, ztxt, scale, bias = model(images, tokens)
+    with torch.autocast(images.device.type, dtype=AUTOCAST.get(precision), enabled=precision != 'fp32'):
+        zimg, ztxt, scale, bias = model(images, tokens)
     check_finite(step, world, zimg=zimg, ztxt=ztxt, scale=scale, bias=bias)
-    loss = loss_fn(zimg, ztxt, scale, bias)
+    loss = loss_fn(zimg, ztxt, scale, bias)              # float32 whatever the towers' dtype
     mean = loss.detach().clone()
     if world > 1: dist.all_reduce(mean); mean /= world   # the mean over ranks is the full-batch loss
-    check_finite(step, 1, loss=mean)                     # already global: every rank raises alike
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    (loss if scaler is None else scaler.scale(loss)).backward()
+    if scaler is not None: scaler.unscale_(optimizer)    # true gradients, for clipping and the logged norm
     gnorm = nn.utils.clip_grad_norm_(model.parameters(), grad_clip or float('inf'))
-    check_finite(step, 1, grad_norm=gnorm)               # DDP made the gradients equal on every rank
-    optimizer.step()
-    stats = torch.stack([mean, gnorm, scale.detach(), bias.detach(), *logit_means(zimg, ztxt, scale, bias)])
-    return dict(zip(STEP_STATS, stats.tolist()))
+    stats = torch.stack([mean, gnorm, scale.detach(), bias.detach(),
+                         *logit_means(zimg.float(), ztxt.float(), scale, bias)]).float().tolist()
+    stats = dict(zip(STEP_STATS, stats))
+    if scaler is not None: scaler.step(optimizer); scaler.update()   # skips the update if gradients overflowed
+    else:
+        bad = [k for k in ('loss', 'grad_norm') if not math.isfinite(stats[k])]   # equal on every rank: all raise
+        if bad: raise FloatingPointError(f"non-finite {bad[0]} at step {step}; stopped before the optimizer update "
+                                         "(lower lr or raise warmup_steps)")
+        optimizer.step()
+    return stats
 
 # %% ../nbs/05_train.ipynb #8340dbc0
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
@@ -356,11 +388,12 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
 
 # %% ../nbs/05_train.ipynb #b8200c77
 def evaluate_loss(model: nn.Module, images: Tensor, tokens: Tensor, loss: str) -> float:
-    "Validation loss of one fixed batch in a single process (the sigmoid loss, or the softmax one for loss='softmax')."
+    "Validation loss of one fixed batch in one process (the sigmoid loss, chunked: no (n, n) logits; or the softmax)."
     was_training = model.training; model.eval()
     with torch.no_grad():
         zimg, ztxt, scale, bias = model(images, tokens)
-        out = softmax_loss(zimg, ztxt, scale) if loss == 'softmax' else sigmoid_loss(zimg, ztxt, scale, bias)
+        if loss == 'softmax': out = softmax_loss(zimg, ztxt, scale)
+        else: out = chunked_sigmoid_loss(zimg, ztxt, scale, bias, 256)
     model.train(was_training)
     return out.item()
 
@@ -391,7 +424,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_at: int | None = None, lo
     """Train (one process or `torchrun`), checkpointing to `cfg.out_dir`; returns the model and the run's state dict.
     `loss_fn(zimg, ztxt, scale, bias)` replaces the loss `cfg.loss` names (e.g. a masked sigmoid loss); it is not
     saved, so a resumed run must pass it again."""
-    rank, world, device, own_group = setup_processes()
+    rank, world, device, own_group = setup_processes(cfg)
     try: return _train(cfg, resume, stop_at, rank, world, device, loss_fn or make_loss(cfg, world))
     finally:
         if own_group: dist.destroy_process_group()        # also when a step raised: no process is left waiting
@@ -414,7 +447,7 @@ def _train(cfg: TrainConfig, resume: bool, stop_at: int | None, rank: int, world
         raise FileExistsError(f"{cfg.out_dir} already holds {ckpt.name}: pass resume=True (--resume) or use another out_dir")
     if ckpt is not None:
         saved = read_state(ckpt)
-        diff = sorted(k for k in state['config'] if k != 'out_dir'   # a field newer than the checkpoint: its default
+        diff = sorted(k for k in state['config'] if k not in RUN_ONLY   # a field newer than the checkpoint: default
                       and saved['config'].get(k, getattr(TrainConfig, k)) != state['config'][k])
         diff += sorted(f'model.{k}' for k in state['model_config'] if saved['model_config'].get(k) != state['model_config'][k])  # e.g. a preset changed
         if diff: raise ValueError(f"cannot resume {ckpt}: its config differs from this run's in {diff}")
@@ -425,6 +458,7 @@ def _train(cfg: TrainConfig, resume: bool, stop_at: int | None, rank: int, world
         state = {**saved, 'config': state['config']}       # the run folder may have moved
     else: torch.manual_seed(cfg.seed * 1_000_003 + rank)  # per-rank stream for any randomness in training
     net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None) if world > 1 else model
+    scaler = torch.amp.GradScaler(device.type) if cfg.precision == 'fp16' else None
     val_images, val_tokens = get_batch(val_ds, tok, torch.arange(min(len(val_ds), cfg.batch_size)), device)
     stop = min(cfg.steps, stop_at if stop_at is not None else cfg.steps)
     if stop <= state['step']: raise ValueError(f"nothing to train: the run is at step {state['step']}, stop_at/steps is {stop}")
@@ -433,7 +467,8 @@ def _train(cfg: TrainConfig, resume: bool, stop_at: int | None, rank: int, world
         images, tokens = get_batch(train_ds, tok, batch_indices(cfg.seed, step, len(train_ds), cfg.batch_size, rank, world), device)
         if cfg.noise != 'none': images, tokens = corrupt_batch(images, tokens, cfg.noise, cfg.noise_frac, tok)
         lr = lr_at(step, cfg)
-        stats = train_step(net, optimizer, loss_fn, images, tokens, step, lr, cfg.grad_clip, world)
+        stats = train_step(net, optimizer, loss_fn, images, tokens, step, lr, cfg.grad_clip, world, cfg.precision,
+                           scaler)
         h = state['history']; h['lr'].append(lr)
         for k, v in stats.items(): h[k].append(v)
         loss = stats['loss']
@@ -482,7 +517,8 @@ def dataclass_from_args(cls, args: argparse.Namespace, **overrides):
 
 def add_train_args(parser: argparse.ArgumentParser) -> None:
     "Add one `--flag` per `TrainConfig` field (defaults from the dataclass), plus `--resume` and `--stop-at`."
-    add_dataclass_args(parser, TrainConfig, choices={'loss': LOSSES, 'noise': NOISE_KINDS})
+    add_dataclass_args(parser, TrainConfig, choices={'loss': LOSSES, 'noise': NOISE_KINDS, 'ring': RINGS,
+                                                     'precision': PRECISIONS, 'device': DEVICES, 'backend': BACKENDS})
     parser.add_argument('--out', dest='out_dir', help='alias of --out-dir')
     parser.add_argument('--resume', action='store_true', help='continue from the newest checkpoint in --out-dir')
     parser.add_argument('--stop-at', type=int, default=None, help='stop after this step (the schedule still spans --steps)')

@@ -12,3 +12,7 @@ def run_env() -> dict:
     env = dict(os.environ, MPLBACKEND='Agg', PYTHONUNBUFFERED='1')
     env['PATH'] = str(Path(sys.executable).parent) + os.pathsep + env.get('PATH', '')
     return env
+
+
+def pytest_configure(config):
+    config.addinivalue_line('markers', 'gpu: needs a CUDA GPU (tests/gpu: skipped elsewhere, run by check.sh)')

@@ -13,7 +13,8 @@ import pytest
 
 SCRIPT = shutil.which('minisiglip') or str(Path(sys.executable).parent / 'minisiglip')
 TORCHRUN = shutil.which('torchrun') or str(Path(sys.executable).parent / 'torchrun')
-SMALL = ['--steps', '4', '--batch-size', '16', '--n-train', '64', '--warmup-steps', '1', '--eval-every', '2', '--ckpt-every', '2']
+SMALL = ['--steps', '4', '--batch-size', '16', '--n-train', '64', '--warmup-steps', '1', '--eval-every', '2',
+         '--ckpt-every', '2', '--device', 'cpu']   # gloo on CPU ranks, also on a GPU machine
 ENV = {**os.environ, 'OMP_NUM_THREADS': '1'}   # two ranks share two cores
 
 
@@ -52,6 +53,23 @@ def test_two_ranks_match_one_process(runs):
     assert len(one['loss']) == len(two['loss']) == 4
     assert one['loss'] == pytest.approx(two['loss'], abs=1e-4)
     assert one['loss'][-1] < one['loss'][0]
+
+
+def test_two_nodes_on_localhost_match_one_process(runs, tmp_path):
+    """The multi-node launch the README documents, with two torchrun launchers on this machine standing for two nodes
+    (2 CPU ranks each, c10d rendezvous on localhost): the 4-rank run follows the 1-process loss curve."""
+    import socket
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0)); port = s.getsockname()[1]
+    node = [TORCHRUN, '--nnodes', '2', '--nproc-per-node', '2', '--rdzv-backend', 'c10d',
+            '--rdzv-endpoint', f'localhost:{port}', '--rdzv-id', 'two-nodes', '--no-python', SCRIPT,
+            'train', *SMALL, '--out-dir', str(tmp_path / 'nodes')]
+    nodes = [subprocess.Popen(node, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in nodes]
+    assert all(p.returncode == 0 for p in nodes), outs
+    four, one = history(tmp_path / 'nodes'), history(runs / 'single')
+    assert four['loss'] == pytest.approx(one['loss'], abs=1e-4)
 
 
 def test_two_rank_checkpoint_holds_both_rng_states(runs):
