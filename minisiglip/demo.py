@@ -25,9 +25,10 @@ DEMO_CONFIG = TrainConfig(preset='tiny_wide', steps=2400, batch_size=64, lr=1e-3
 
 # %% ../nbs/06a_demo.ipynb #fd13bf33
 def plot_zero_shot(acc: dict[str, float], ax=None):
-    "Bar chart of zero-shot accuracy per task."
+    "Bar chart of zero-shot accuracy per task (a task with no examples in the evaluation, accuracy None, is left out)."
     import matplotlib.pyplot as plt
     if ax is None: _, ax = plt.subplots(figsize=(6, 3.5), dpi=80)
+    acc = {k: v for k, v in acc.items() if v is not None}
     bars = ax.bar([k.replace('_', '\n') for k in acc], [100 * v for v in acc.values()], color='tab:blue')   # a word per line, so six labels fit side by side
     ax.bar_label(bars, fmt='%.0f'); ax.set_ylim(0, 105)
     ax.set_ylabel('accuracy (%)'); ax.set_title('zero-shot classification on validation scenes')
@@ -72,7 +73,8 @@ def demo(cfg: TrainConfig = DEMO_CONFIG, n_eval: int = 1000) -> dict:
 # %% ../nbs/06a_demo.ipynb #1ee5898d
 def report(metrics: dict) -> str:
     "A few lines summarising a demo run."
-    zs = ', '.join(f'{k} {100 * v:.1f}%' for k, v in metrics['zero_shot'].items())
+    pct = lambda v: 'n/a (no examples)' if v is None else f'{100 * v:.1f}%'
+    zs = ', '.join(f'{k} {pct(v)}' for k, v in metrics['zero_shot'].items())
     r = metrics['retrieval']
     return (f"trained {metrics['steps']} steps in {metrics['train_s']:.0f} s (total {metrics['wall_s']:.0f} s), "
             f"final loss {metrics['final_loss']:.3f}, t {metrics['final_t']:.1f}, b {metrics['final_b']:.2f}\n"

@@ -358,8 +358,10 @@ def add_distributed_args(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     parser.add_argument('--method', choices=LOSSES, default='ring')
     parser.add_argument('--b', type=_positive_int, default=256, help='local batch per rank')
     parser.add_argument('--d', type=_positive_int, default=64, help='embedding dim')
-    parser.add_argument('--chunk-size', type=_positive_int, default=None, help='texts per block chunk in the ring and gather-sigmoid (default: a whole block)')
-    parser.add_argument('--reps', type=_positive_int, default=3, help='timed steps after the first (profiled, memory) step; the median is shown')
+    parser.add_argument('--chunk-size', type=_positive_int, default=None,
+                        help='texts per block chunk in the ring and gather-sigmoid (default: a whole block)')
+    parser.add_argument('--reps', type=_positive_int, default=3,
+                        help='timed steps after the first (profiled, memory) step; the median is shown')
     parser.add_argument('--timeout', type=float, default=60., help='seconds before a lost peer becomes an error')
     parser.add_argument('--device', choices=DEVICES, default='auto', help='auto: this rank\'s GPU if there is one')
     parser.add_argument('--backend', choices=BACKENDS, default='auto', help='auto: NCCL for GPUs, gloo for the CPU')

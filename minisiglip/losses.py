@@ -72,7 +72,7 @@ def accum_dtype(*tensors: Tensor) -> torch.dtype:
 def _logits(zimg: Tensor, ztxt: Tensor, scale: Tensor | float, bias: Tensor | float | None = None) -> Tensor:
     "`scale * zimg @ ztxt.T (+ bias)`, `(n, n)`, in `accum_dtype` (callers switch autocast off)."
     acc = accum_dtype(zimg, ztxt)
-    logits = scale * (zimg.to(acc) @ ztxt.to(acc).T)
+    logits = scale * zimg.to(acc) @ ztxt.to(acc).T                # (t x) @ y.T: t scales the (n, d) side, O(nd)
     return logits if bias is None else logits + bias
 
 def _labels(n: int, like: Tensor) -> Tensor:
