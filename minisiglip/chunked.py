@@ -11,7 +11,7 @@ from torch import Tensor
 from .losses import read_loss_inputs, accum_dtype, no_autocast
 
 # %% auto #0
-__all__ = ['gemm', 'sigmoid_block_loss_and_grads', 'chunked_sigmoid_loss', 'cached_embedding_step']
+__all__ = ['sigmoid_block_loss_and_grads', 'chunked_sigmoid_loss', 'cached_embedding_step']
 
 # %% ../nbs/01_chunked.ipynb #0b094337
 def _check_chunk_size(chunk_size: int | None) -> None:
@@ -19,18 +19,6 @@ def _check_chunk_size(chunk_size: int | None) -> None:
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int):
         raise ValueError(f"chunk_size must be a positive int or None, got {type(chunk_size).__name__}")
     if chunk_size < 1: raise ValueError(f"chunk_size must be a positive int, got {chunk_size}")
-
-def gemm(out: Tensor, a: Tensor, b: Tensor, alpha: float = 1., add: Tensor | None = None) -> Tensor:
-    """`out = add + alpha * a @ b` (`add` None: no addend) in `out`'s float dtype. Operands of that dtype: one fused
-    `addmm`/`mm` into `out`. A 16-bit operand (GPU only): a 16-bit GEMM with a float32 result."""
-    if a.dtype == b.dtype == out.dtype:
-        if add is not None: return torch.addmm(add, a, b, alpha=alpha, out=out)
-        torch.mm(a, b, out=out)
-    else:
-        low = a.dtype if a.dtype != out.dtype else b.dtype
-        out.copy_(torch.mm(a.to(low), b.to(low), out_dtype=out.dtype))
-        if add is not None: out.mul_(alpha).add_(add); alpha = 1.
-    return out.mul_(alpha) if alpha != 1 else out
 
 # %% ../nbs/01_chunked.ipynb #56664f2d
 def sigmoid_block_loss_and_grads(zimg: Tensor, ztxt: Tensor, scale: Tensor | float, bias: Tensor | float,
@@ -46,7 +34,7 @@ def sigmoid_block_loss_and_grads(zimg: Tensor, ztxt: Tensor, scale: Tensor | flo
     if positives and n != m: raise ValueError(f"positives=True needs a square block, got {n} images and {m} texts")
     t, b = float(scale), float(bias)                                  # host reads; callers in a loop pass floats
     acc, dev = accum_dtype(zimg, ztxt), zimg.device
-    if not zimg.is_cuda: zimg, ztxt = zimg.to(acc), ztxt.to(acc)      # no 16-bit GEMM with a float32 result on CPU
+    zimg, ztxt = zimg.to(acc), ztxt.to(acc)                           # 16-bit inputs: upcast once, O(nd)
     c = min(chunk_size or m, m)
     buf = torch.empty(n * c, dtype=acc, device=dev)                   # the only (n, chunk) block, reused by every chunk
     rows = -(-n // 4)                                                 # softplus scratch: a quarter of the block, 4 calls
@@ -56,19 +44,18 @@ def sigmoid_block_loss_and_grads(zimg: Tensor, ztxt: Tensor, scale: Tensor | flo
     for j0 in range(0, m, c):
         y = ztxt[j0:j0 + c]                                           # (cw, d) texts of this chunk
         blk = buf[:n * len(y)].view(n, len(y))                        # contiguous (n, cw) view of the buffer
-        gemm(blk, zimg, y.T, alpha=t, add=bias_t)                     # pass 1: logits
+        torch.addmm(bias_t, zimg, y.T, alpha=t, out=blk)              # pass 1: logits
         for r0 in range(0, n, rows):                                  # pass 2: sum of softplus(logits), tile by tile
             part = blk[r0:r0 + rows]
             loss += torch.ops.aten.softplus.out(part, 1, 20, out=tile[:part.numel()].view_as(part)).sum()
         blk.sigmoid_()                                                # pass 3: G = sigmoid(logits) ...
         if positives: blk.diagonal(-j0).sub_(1)                       # ... minus 1 on the positive pairs, O(n)
         dbias += blk.sum()                                            # pass 4: dL/db = sum G
-        gemm(dzimg, blk, y, add=dzimg)                                # accumulates sum_j G_ij y_j
-        gemm(dztxt[j0:j0 + len(y)], blk.T, zimg)                      # G^T X for this chunk's texts
-    x = zimg.to(acc)                                                  # O(nd): a no-op but for 16-bit on GPU
-    dscale = (x * dzimg).sum()                                        # dL/dt = sum_ij G_ij x_i.y_j = sum_i x_i.(G Y)_i
+        dzimg.addmm_(blk, y)                                          # accumulates sum_j G_ij y_j
+        torch.mm(blk.T, zimg, out=dztxt[j0:j0 + len(y)])              # G^T X for this chunk's texts
+    dscale = (zimg * dzimg).sum()                                     # dL/dt = sum_ij G_ij x_i.y_j = sum_i x_i.(G Y)_i
     dzimg.mul_(t); dztxt.mul_(t)                                      # the scale, applied in O(nd)
-    if positives: loss -= (x * ztxt.to(acc)).sum() * t + n * b        # softplus(-l_ii) = softplus(l_ii) - l_ii
+    if positives: loss -= (zimg * ztxt).sum() * t + n * b             # softplus(-l_ii) = softplus(l_ii) - l_ii
     return loss, dzimg, dztxt, dscale, dbias
 
 # %% ../nbs/01_chunked.ipynb #39094151

@@ -56,13 +56,15 @@ def read_loss_inputs(zimg: Tensor, ztxt: Tensor, scale: Tensor | float,
     (b None when `bias` is). On bad values the full checks run again to name the problem."""
     check_embeddings(zimg, ztxt, finite=False)
     values = [v for v in (scale, bias) if v is not None]
-    as_scalar = lambda v: torch.as_tensor(v, dtype=torch.float64, device=zimg.device).reshape(-1)[:1]   # exact
     if any(torch.as_tensor(v).numel() != 1 for v in values): check_scale_bias(scale, bias)   # raises: not a scalar
-    flags = [torch.isfinite(zimg).all().double().reshape(1), torch.isfinite(ztxt).all().double().reshape(1)]
-    read = torch.cat(flags + [as_scalar(v) for v in values]).tolist()
-    if read[:2] != [1., 1.] or not all(math.isfinite(v) for v in read[2:]) or read[2] <= 0:
+    on_device = [v.detach().to(zimg.device, torch.float64).reshape(1) for v in values if isinstance(v, Tensor)]
+    flags = [torch.isfinite(z).all().double().reshape(1) for z in (zimg, ztxt)]
+    read = iter(torch.cat(flags + on_device).tolist())                 # Python floats never travel to the device
+    finite = min(next(read), next(read)) == 1.                       # zimg's and ztxt's flags
+    t, b = (float(next(read)) if isinstance(v, Tensor) else float(v) if v is not None else None for v in (scale, bias))
+    if not finite or not all(math.isfinite(v) for v in (t, b) if v is not None) or t <= 0:
         check_embeddings(zimg, ztxt); check_scale_bias(scale, bias)    # the slow path names what is wrong
-    return read[2], (read[3] if bias is not None else None)
+    return t, b
 
 # %% ../nbs/00_losses.ipynb #5eba2801
 def accum_dtype(*tensors: Tensor) -> torch.dtype:

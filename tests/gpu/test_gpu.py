@@ -1,6 +1,6 @@
 """The GPU check (issue 16). Skipped without CUDA; `bash tests/gpu/check.sh` runs it on a GPU machine, prints the
-figures it records (`GPU_FIGURES`, default gpu_figures.json) and then the whole suite. Sized for under 5 minutes on
-one GPU; the NCCL parity test uses every GPU present (up to 8)."""
+figures it records (`GPU_FIGURES`, default gpu_figures.json) and then the whole suite. Meant to take under 5 minutes
+on one GPU (not yet measured: no GPU has run it); the NCCL parity test uses every GPU present (up to 8)."""
 import dataclasses
 import json
 import os
@@ -81,6 +81,12 @@ def test_low_precision_against_fp64():
             assert got.dtype == under.dtype == torch.float32
             errors[f'{loss} {name}'] = abs(got.item() - ref) / ref
             assert errors[f'{loss} {name}'] < 1e-4 and abs(under.item() - got.item()) / ref < 1e-5
+        xs, ys = x[:256], y[:256]                                     # gradients too, over several chunks
+        got = value_and_grads(lambda *a: chunked_sigmoid_loss(*a, 64), xs, ys, 10., -10.)
+        want = value_and_grads(sigmoid_loss, xs.double(), ys.double(), 10., -10.)
+        assert got[1].dtype == got[2].dtype == dt
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g.double(), w, rtol=2e-2, atol=1e-3 * w.abs().max().item())
     record('low_precision_relative_error', errors)
 
 
@@ -89,7 +95,7 @@ def test_memory_and_speed_at_32k():
     n, d = 32768, 768
     x, y = (unit(n, d, torch.bfloat16, seed=s).requires_grad_() for s in (0, 1))
     t, b = (torch.tensor(v, device='cuda', requires_grad=True) for v in (10., -10.))
-    a, w = torch.randn(n, d, device='cuda', dtype=torch.bfloat16), torch.randn(4096, d, device='cuda', dtype=torch.bfloat16)
+    a, w = (torch.randn(rows, d, device='cuda', dtype=torch.bfloat16) for rows in (n, 4096))
     def seconds(fn, reps=5):
         fn(); synchronize('cuda'); t0 = time.perf_counter()
         for _ in range(reps): fn()
@@ -106,23 +112,27 @@ def test_memory_and_speed_at_32k():
 
 
 def test_host_syncs_in_a_training_step():
-    "One training step on CUDA syncs the host at most four times (embeddings, loss inputs, token ids, statistics)."
-    from minisiglip.train import TrainConfig, build_model, builtin_data, get_batch, make_loss, make_optimizer, train_step
+    "One training step on CUDA syncs the host at most 4 times (embeddings, loss inputs, token ids, statistics)."
+    from minisiglip.train import (TrainConfig, build_model, builtin_data, get_batch, make_loss, make_optimizer,
+                                  train_step)
     cfg = TrainConfig(device='cuda', batch_size=64, n_train=256)
     train_ds, _, tok = builtin_data('shapes', 256, 0, 32)
     model = build_model(cfg, tok).cuda().train()
     opt = make_optimizer(model, cfg)
     images, tokens = get_batch(train_ds, tok, torch.arange(64), torch.device('cuda'))
-    train_step(model, opt, make_loss(cfg, 1), images, tokens, 0, 1e-4, 1.)             # warm-up
-    torch.cuda.set_sync_debug_mode('warn')
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter('always')
-            train_step(model, opt, make_loss(cfg, 1), images, tokens, 1, 1e-4, 1.)
-    finally: torch.cuda.set_sync_debug_mode(0)
-    syncs = [str(w.message) for w in caught if 'synchroniz' in str(w.message).lower()]
-    record('host_syncs_per_step', len(syncs))
-    assert len(syncs) <= 4, syncs
+    counts = {}
+    for loss in ('sigmoid', 'chunked', 'ring'):
+        loss_fn = make_loss(dataclasses.replace(cfg, loss=loss), 1)
+        train_step(model, opt, loss_fn, images, tokens, 0, 1e-4, 1.)                   # warm-up
+        torch.cuda.set_sync_debug_mode('warn')
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter('always')
+                train_step(model, opt, loss_fn, images, tokens, 1, 1e-4, 1.)
+        finally: torch.cuda.set_sync_debug_mode(0)
+        counts[loss] = [str(w.message) for w in caught if 'synchroniz' in str(w.message).lower()]
+    record('host_syncs_per_step', {k: len(v) for k, v in counts.items()})
+    assert all(len(v) <= 4 for v in counts.values()), counts
 
 
 def test_training_on_cuda_follows_cpu_and_resumes(tmp_path):
@@ -134,7 +144,7 @@ def test_training_on_cuda_follows_cpu_and_resumes(tmp_path):
                              ('bf16', dict(device='cuda', precision='bf16')))}
     record('loss_curves_50_steps', runs)
     cpu, gpu = runs['cpu'], runs['cuda']
-    assert all(abs(a - b) < 0.01 * a for a, b in zip(cpu[:10], gpu[:10]))           # first 10 steps: within 1%
+    assert all(abs(a - b) < 0.01 * a for a, b in zip(cpu[:3], gpu[:3]))             # first 3 steps: within 1%
     last = lambda h: sum(h[-10:]) / 10
     assert abs(last(gpu) - last(cpu)) < 0.05 * last(cpu) and abs(last(runs['bf16']) - last(cpu)) < 0.1 * last(cpu)
     stopped = dataclasses.replace(base, device='cuda', out_dir=str(tmp_path / 'resumed'))
