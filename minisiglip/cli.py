@@ -26,8 +26,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
 # %% ../nbs/11_cli.ipynb #b3acc6d2
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     "The `minisiglip` parser: one subparser per entry of `COMMANDS`, with full arguments for `command` only."
-    parser = argparse.ArgumentParser(prog='minisiglip', description='SigLIP from first principles: losses, chunked and distributed training, a tiny VLM.',
-                                     epilog='Errors are one line; add --debug (or set MINISIGLIP_DEBUG=1) for the traceback.')
+    parser = argparse.ArgumentParser(
+        prog='minisiglip',
+        description='SigLIP from first principles: losses, chunked and distributed training, a tiny VLM.',
+        epilog='Errors are one line; add --debug (or set MINISIGLIP_DEBUG=1) for the traceback.')
     sub = parser.add_subparsers(dest='command', metavar='COMMAND', required=True)
     for name, (module, help) in COMMANDS.items():
         p = sub.add_parser(name, help=help, description=help)

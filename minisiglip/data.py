@@ -359,7 +359,8 @@ def split_indices(n: int, val_fraction: float, seed: int) -> tuple[Tensor, Tenso
     "`(train, val)` indices of `n` pairs, each sorted: a seeded permutation's first `val_fraction` (at least 1) is val."
     if not 0 <= val_fraction < 1: raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     n_val = max(1, round(val_fraction * n)) if val_fraction > 0 else 0
-    if n - n_val < 1: raise ValueError(f"{n} pairs leave none for training after a validation fraction of {val_fraction}")
+    if n - n_val < 1:
+        raise ValueError(f"{n} pairs leave none for training after a validation fraction of {val_fraction}")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     return perm[n_val:].sort().values, perm[:n_val].sort().values
 

@@ -123,7 +123,7 @@ def batch_indices(seed: int, step: int, n_data: int, batch_size: int, rank: int 
 
 # %% ../nbs/05_train.ipynb #389fddc7
 def build_data(cfg: TrainConfig) -> tuple[ImageCaptionDataset, ImageCaptionDataset, Tokenizer, dict]:
-    "`(train_ds, val_ds, tokenizer, info)` for `cfg.data`: the built-in shapes or digits, or your caption file or folder."
+    "`(train_ds, val_ds, tokenizer, info)` for `cfg.data`: built-in shapes or digits, or your pairs' file or folder."
     if cfg.data in ('shapes', 'digits'): return *builtin_data(cfg.data, cfg.n_train, cfg.seed, cfg.image_size), {}
     if not Path(cfg.data).exists():
         raise ValueError(f"data must be 'shapes', 'digits' or an existing caption file or folder, got {cfg.data!r}")

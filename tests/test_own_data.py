@@ -1,4 +1,4 @@
-"Your own image–caption files through the real `minisiglip` command: columns, bad pairs, the validation split, errors."
+"Your own image–caption files through the real `minisiglip` command: columns, bad pairs, validation split, errors."
 import json
 import subprocess
 from pathlib import Path
@@ -49,7 +49,8 @@ def test_usual_columns_split_and_eval(pairs, run_env, tmp_path):
     metrics = json.loads((tmp_path / 'run' / 'eval.json').read_text())
     assert metrics['retrieval']['n'] == 4 and metrics['data'].startswith('the 4 validation pairs of')
     assert '| i2t R@1 among 4 (same content) |' in res.stdout
-    res = minisiglip('eval', tmp_path / 'run', '--data', pairs / 'pairs.csv', '--json', tmp_path / 'all.json', env=run_env)
+    res = minisiglip('eval', tmp_path / 'run', '--data', pairs / 'pairs.csv', '--json', tmp_path / 'all.json',
+                     env=run_env)
     assert res.returncode == 0, res.stderr
     assert json.loads((tmp_path / 'all.json').read_text())['retrieval']['n'] == 40
     # the file changed under the run: its validation pairs could now be training pairs, so eval and resume refuse
@@ -57,12 +58,13 @@ def test_usual_columns_split_and_eval(pairs, run_env, tmp_path):
     original = csv.read_text()
     try:
         csv.write_text('\n'.join(original.splitlines()[:-1]) + '\n')
-        one_line_error(minisiglip('eval', tmp_path / 'run', env=run_env), 2, 'differ from those', '40 pairs then, 39 now')
+        one_line_error(minisiglip('eval', tmp_path / 'run', env=run_env), 2, 'differ from those',
+                       '40 pairs then, 39 now')
     finally: csv.write_text(original)
 
 
 def test_other_column_names_and_bad_pairs(pairs, run_env, tmp_path):
-    "Unusual headers need --image-col/--caption-col; an unreadable image stops the run unless --skip-bad, then reported."
+    "Unusual headers need --image-col/--caption-col; an unreadable image stops the run unless --skip-bad (reported)."
     odd = tmp_path / 'odd.tsv'
     lines = (pairs / 'pairs.csv').read_text().splitlines()[1:]
     odd.write_text('picture\twords\n' + ''.join(f"{pairs / l.split(',')[0]}\t{l.split(',', 1)[1].strip(chr(34))}\n"

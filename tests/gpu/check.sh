@@ -7,7 +7,7 @@ cd "$(dirname "$0")/../.."
 export GPU_FIGURES="${GPU_FIGURES:-$PWD/gpu_figures.json}"
 rm -f "$GPU_FIGURES"
 nvidia-smi --query-gpu=name,memory.total --format=csv || true
-python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'gpus', torch.cuda.device_count())"
+python -c "import torch; print('torch', torch.__version__, 'gpus', torch.cuda.device_count())"
 python -m pytest tests/gpu -q -rs
 echo "== figures ($GPU_FIGURES)"; cat "$GPU_FIGURES"; echo
 if [ "${FULL:-1}" = 1 ]; then nbdev_test --n_workers 4 && python -m pytest tests -q; fi
