@@ -15,6 +15,7 @@ lic = licenses[cfg['license'].lower()]
 min_python = cfg['min_python']
 requirements = cfg.get('requirements', '').split()
 dev_requirements = cfg.get('dev_requirements', '').split()
+hf_requirements = cfg.get('hf_requirements', '').split()   # transformers' own tokenizer for Google's spiece.model folders
 console_scripts = cfg.get('console_scripts', '').split()
 
 setuptools.setup(
@@ -30,7 +31,7 @@ setuptools.setup(
     packages=setuptools.find_packages(include=['minisiglip', 'minisiglip.*']),
     include_package_data=True,
     install_requires=requirements,
-    extras_require={'dev': dev_requirements},
+    extras_require={'dev': dev_requirements + hf_requirements, 'hf': hf_requirements},
     python_requires='>=' + min_python,
     long_description=open('README.md', encoding='utf-8').read(),
     long_description_content_type='text/markdown',

@@ -18,6 +18,7 @@ from .data import (COLOURS, SHAPES, SIZES, HELD_OUT, DIGIT_NAMES, DIGIT_TEMPLATE
                              split_words)
 from .train import TrainConfig, load_checkpoint, latest_checkpoint, build_data, check_same_data
 from .distributed import pick_device, DEVICES
+from .hf import as_run
 
 # %% auto #0
 __all__ = ['OBJECT_TEMPLATES', 'COUNT_TEMPLATES', 'PAIRS', 'zero_shot_accuracy', 'recall_at_k', 'chance_recall', 'embed',
@@ -355,7 +356,9 @@ def evaluation_pairs(state: dict, data: str | None = None, **read) -> tuple[Imag
 # %% ../nbs/06_eval.ipynb #1274b38b
 def add_eval_args(parser: argparse.ArgumentParser) -> None:
     "Flags of `minisiglip eval`."
-    parser.add_argument('checkpoint', help='a run folder (its newest ckpt_*) or a checkpoint folder')
+    parser.add_argument('checkpoint', nargs='?', help='a run folder (its newest ckpt_*) or a checkpoint folder')
+    parser.add_argument('--hf', default=None, metavar='PATH', help='evaluate a transformers SigLIP folder instead '
+                        '(config.json, safetensors and its tokenizer: 10_hf), on the data rendered at its image size')
     parser.add_argument('--n', type=int, default=1000, help='retrieval candidates (and n/2 zero-shot images)')
     parser.add_argument('--seed', type=int, default=None, help="seed of the validation data (default: the run's own, so that digits are split as in training)")
     parser.add_argument('--json', default=None, help='where to write the metrics (default: eval.json in the run folder)')
@@ -368,7 +371,9 @@ def add_eval_args(parser: argparse.ArgumentParser) -> None:
 
 def run_eval(args: argparse.Namespace) -> int:
     "`minisiglip eval`: load a checkpoint, evaluate it on its validation data, print and save the metrics."
-    model, tok, state = load_checkpoint(args.checkpoint)
+    if (args.checkpoint is None) == (args.hf is None):
+        raise ValueError("name a run folder or --hf PATH (one of the two)")
+    model, tok, state = as_run(args.hf) if args.hf is not None else load_checkpoint(args.checkpoint)
     model.to(pick_device(args.device, 0))                         # `embed` moves each batch to the model's device
     cfg = state['config']
     seed = cfg['seed'] if args.seed is None else args.seed
@@ -378,7 +383,9 @@ def run_eval(args: argparse.Namespace) -> int:
         print(f'evaluating on {where}')
         metrics = {'step': state['step'], 'data': where, **evaluate_pairs(model, tok, pairs, args.n)}
     else: metrics = {'step': state['step'], **evaluate(model, tok, cfg['data'], args.n, seed, cfg['image_size'])}
-    out = Path(args.json) if args.json else latest_checkpoint(args.checkpoint).parent / 'eval.json'   # not inside a ckpt_* a later save may delete
+    if args.json: out = Path(args.json)
+    elif args.hf: out = Path('eval.json')
+    else: out = latest_checkpoint(args.checkpoint).parent / 'eval.json'   # not inside a ckpt_* a later save may delete
     out.write_text(json.dumps(metrics, indent=1))
     print(json.dumps(metrics, indent=1))
     print(summary_table(metrics))

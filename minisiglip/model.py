@@ -13,8 +13,8 @@ from torch import Tensor
 from .losses import ScaleBias
 
 # %% auto #0
-__all__ = ['PRESETS', 'SigLIPConfig', 'KVCache', 'causal_mask', 'Attention', 'mlp', 'Block', 'MAPHead', 'Encoder', 'conv_stem',
-           'ViT', 'TextTransformer', 'SigLIP']
+__all__ = ['ACTIVATIONS', 'TEXT_POOLING', 'PRESETS', 'SigLIPConfig', 'KVCache', 'causal_mask', 'Attention', 'mlp', 'Block',
+           'MAPHead', 'Encoder', 'conv_stem', 'ViT', 'TextTransformer', 'SigLIP']
 
 # %% ../nbs/04_model.ipynb #17c35d89
 def _stem_halvings(patch_size: int) -> int:
@@ -22,6 +22,9 @@ def _stem_halvings(patch_size: int) -> int:
     if patch_size < 1 or patch_size & (patch_size - 1):
         raise ValueError(f"a conv stem halves the image log2(patch_size) times: patch_size must be a power of 2, got {patch_size}")
     return patch_size.bit_length() - 1
+
+ACTIVATIONS = {'gelu_tanh': lambda: nn.GELU(approximate='tanh'), 'gelu': nn.GELU}   # MLP activation by name
+TEXT_POOLING = ('map', 'last')
 
 @dataclass
 class SigLIPConfig:
@@ -46,6 +49,13 @@ class SigLIPConfig:
     dropout: float = 0.0        # dropout on attention weights and residual branches; SigLIP pre-trains without
     init_scale: float = 10.0    # temperature t = exp(t') at init: the paper's t' = log 10
     init_bias: float = -10.0    # bias b at init: the paper's -10, so the n^2 - n negatives start near zero loss
+    # what real SigLIP checkpoints need (`10_hf`); the defaults are the tiny models' choices
+    vit_mlp_dim: int = 0        # image MLP hidden width; 0: mlp_ratio * vit_width (So400m's 4304 is no round ratio)
+    txt_mlp_dim: int = 0        # text MLP hidden width; 0: mlp_ratio * txt_width
+    vit_proj: bool = True       # linear map vit_width -> embed_dim after the MAP head; False: embed_dim == vit_width
+    txt_pool: str = 'map'       # 'map': padding masked, MAP head; 'last': SigLIP's, nothing masked, the last position
+    act: str = 'gelu_tanh'      # MLP activation: 'gelu_tanh' (big_vision; HF's gelu_pytorch_tanh) or 'gelu' (erf)
+    ln_eps: float = 1e-5        # LayerNorm epsilon: PyTorch's default; SigLIP's checkpoints use 1e-6
 
     def __post_init__(self):
         if self.patch_size < 1: raise ValueError(f"patch_size must be >= 1, got {self.patch_size}")
@@ -56,6 +66,14 @@ class SigLIPConfig:
             w, h = getattr(self, f'{part}_width'), getattr(self, f'{part}_heads')
             if w % h: raise ValueError(f"{part}_width {w} must be a multiple of {part}_heads {h}")
         if not 0 <= self.pad_id < self.vocab_size: raise ValueError(f"pad_id {self.pad_id} must be a token id below vocab_size {self.vocab_size}")
+        if min(self.vit_mlp_dim, self.txt_mlp_dim) < 0:
+            raise ValueError("vit_mlp_dim and txt_mlp_dim must be >= 0 (0: mlp_ratio * width)")
+        if self.txt_pool not in TEXT_POOLING:
+            raise ValueError(f"txt_pool must be one of {TEXT_POOLING}, got {self.txt_pool!r}")
+        if self.act not in ACTIVATIONS: raise ValueError(f"act must be one of {sorted(ACTIVATIONS)}, got {self.act!r}")
+        if not self.vit_proj and self.embed_dim != self.vit_width:
+            raise ValueError(f"vit_proj=False makes the MAP output the embedding: embed_dim {self.embed_dim} "
+                             f"must equal vit_width {self.vit_width}")
 
     @classmethod
     def preset(cls, name: str, **overrides) -> SigLIPConfig:
@@ -110,17 +128,18 @@ class Attention(nn.Module):
         return self.proj(y.transpose(1, 2).reshape(B, Lq, D))
 
 # %% ../nbs/04_model.ipynb #dbd02887
-def mlp(width: int, mlp_ratio: float, dropout: float = 0.) -> nn.Sequential:
-    "The transformer MLP: expand by `mlp_ratio`, GELU (tanh form, as in big_vision), project back."
-    hidden = int(width * mlp_ratio)
-    return nn.Sequential(nn.Linear(width, hidden), nn.GELU(approximate='tanh'), nn.Linear(hidden, width), nn.Dropout(dropout))
+def mlp(width: int, mlp_ratio: float, dropout: float = 0., mlp_dim: int = 0, act: str = 'gelu_tanh') -> nn.Sequential:
+    "The transformer MLP: expand to `mlp_dim` (0: `mlp_ratio * width`), GELU (tanh form, as big_vision), project back."
+    hidden = mlp_dim or int(width * mlp_ratio)
+    return nn.Sequential(nn.Linear(width, hidden), ACTIVATIONS[act](), nn.Linear(hidden, width), nn.Dropout(dropout))
 
 class Block(nn.Module):
     "Pre-norm transformer block, `x + attn(ln(x))` then `x + mlp(ln(x))`: the one block of both towers."
-    def __init__(self, width: int, heads: int, mlp_ratio: float = 4., dropout: float = 0.):
+    def __init__(self, width: int, heads: int, mlp_ratio: float = 4., dropout: float = 0., mlp_dim: int = 0,
+                 eps: float = 1e-5, act: str = 'gelu_tanh'):
         super().__init__()
-        self.ln1, self.attn = nn.LayerNorm(width), Attention(width, heads, dropout)
-        self.ln2, self.mlp = nn.LayerNorm(width), mlp(width, mlp_ratio, dropout)
+        self.ln1, self.attn = nn.LayerNorm(width, eps=eps), Attention(width, heads, dropout)
+        self.ln2, self.mlp = nn.LayerNorm(width, eps=eps), mlp(width, mlp_ratio, dropout, mlp_dim, act)
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: Tensor, mask: Tensor | None = None, causal: bool = False,
@@ -132,11 +151,12 @@ class Block(nn.Module):
 # %% ../nbs/04_model.ipynb #5eb70b45
 class MAPHead(nn.Module):
     "Multihead attention pooling: a learned probe query attends over the tokens, then a residual MLP; `(B, L, D) -> (B, D)`."
-    def __init__(self, width: int, heads: int, mlp_ratio: float = 4., dropout: float = 0.):
+    def __init__(self, width: int, heads: int, mlp_ratio: float = 4., dropout: float = 0., mlp_dim: int = 0,
+                 eps: float = 1e-5, act: str = 'gelu_tanh'):
         super().__init__()
         self.probe = nn.Parameter(torch.randn(1, 1, width) * 0.02)
         self.attn = Attention(width, heads, dropout)
-        self.ln, self.mlp = nn.LayerNorm(width), mlp(width, mlp_ratio, dropout)
+        self.ln, self.mlp = nn.LayerNorm(width, eps=eps), mlp(width, mlp_ratio, dropout, mlp_dim, act)
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         h = self.attn(self.probe.expand(len(x), -1, -1), x, mask)   # (B, 1, D)
@@ -144,13 +164,24 @@ class MAPHead(nn.Module):
 
 # %% ../nbs/04_model.ipynb #8d3c8246
 class Encoder(nn.Module):
-    "The trunk both towers share: `depth` `Block`s, a final LayerNorm, a `MAPHead`, a linear map to `embed_dim`."
-    def __init__(self, width: int, depth: int, heads: int, embed_dim: int, mlp_ratio: float = 4., dropout: float = 0.):
+    """The trunk both towers share: `depth` `Block`s, a final LayerNorm, pooling (a `MAPHead`, or the last position's
+    token), a linear map to `embed_dim` (or none, when the pooled token is the embedding)."""
+    def __init__(self, width: int, depth: int, heads: int, embed_dim: int, mlp_ratio: float = 4., dropout: float = 0.,
+                 mlp_dim: int = 0, eps: float = 1e-5, act: str = 'gelu_tanh', pool: str = 'map', proj: bool = True):
         super().__init__()
-        self.blocks = nn.ModuleList(Block(width, heads, mlp_ratio, dropout) for _ in range(depth))
-        self.ln = nn.LayerNorm(width)
-        self.head = MAPHead(width, heads, mlp_ratio, dropout)
-        self.proj = nn.Linear(width, embed_dim)
+        layer = dict(mlp_ratio=mlp_ratio, dropout=dropout, mlp_dim=mlp_dim, eps=eps, act=act)
+        self.blocks = nn.ModuleList(Block(width, heads, **layer) for _ in range(depth))
+        self.ln = nn.LayerNorm(width, eps=eps)
+        self.head = MAPHead(width, heads, **layer) if pool == 'map' else None
+        self.proj = nn.Linear(width, embed_dim) if proj else nn.Identity()
+
+    @classmethod
+    def for_tower(cls, cfg: SigLIPConfig, part: str) -> Encoder:
+        "The `Encoder` of one tower, `part` 'vit' or 'txt', from the config's prefixed fields."
+        get = lambda name: getattr(cfg, f'{part}_{name}')
+        image = part == 'vit'
+        return cls(get('width'), get('depth'), get('heads'), cfg.embed_dim, cfg.mlp_ratio, cfg.dropout, get('mlp_dim'),
+                   cfg.ln_eps, cfg.act, pool='map' if image else cfg.txt_pool, proj=cfg.vit_proj if image else True)
 
     def tokens(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         "The final LayerNorm-ed tokens `(B, L, width)`, before pooling: what a VLM reads from the image tower."
@@ -158,7 +189,9 @@ class Encoder(nn.Module):
         return self.ln(x)
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        return self.proj(self.head(self.tokens(x, mask), mask))     # (B, embed_dim), not normalised
+        x = self.tokens(x, mask)
+        pooled = x[:, -1] if self.head is None else self.head(x, mask)
+        return self.proj(pooled)                                    # (B, embed_dim), not normalised
 
 # %% ../nbs/04_model.ipynb #d431b836
 def conv_stem(channels: int, width: int, patch_size: int) -> nn.Sequential:
@@ -180,7 +213,7 @@ class ViT(nn.Module):
         self.patch = (conv_stem(cfg.vit_stem, cfg.vit_width, cfg.patch_size) if cfg.vit_stem
                       else nn.Conv2d(3, cfg.vit_width, kernel_size=cfg.patch_size, stride=cfg.patch_size))
         self.pos = nn.Parameter(torch.randn(1, (cfg.image_size // cfg.patch_size) ** 2, cfg.vit_width) * 0.02)
-        self.encoder = Encoder(cfg.vit_width, cfg.vit_depth, cfg.vit_heads, cfg.embed_dim, cfg.mlp_ratio, cfg.dropout)
+        self.encoder = Encoder.for_tower(cfg, 'vit')
 
     @property
     def grid(self) -> int: return math.isqrt(self.pos.shape[1])     # tokens per side of the square patch grid
@@ -207,9 +240,10 @@ class TextTransformer(nn.Module):
     def __init__(self, cfg: SigLIPConfig):
         super().__init__()
         self.vocab_size, self.context_length, self.pad_id = cfg.vocab_size, cfg.context_length, cfg.pad_id
+        self.mask_padding = cfg.txt_pool == 'map'            # SigLIP's 'last' pooling attends to the padding too
         self.tok = nn.Embedding(cfg.vocab_size, cfg.txt_width)
         self.pos = nn.Parameter(torch.randn(1, cfg.context_length, cfg.txt_width) * 0.02)
-        self.encoder = Encoder(cfg.txt_width, cfg.txt_depth, cfg.txt_heads, cfg.embed_dim, cfg.mlp_ratio, cfg.dropout)
+        self.encoder = Encoder.for_tower(cfg, 'txt')
 
     def forward(self, tokens: Tensor) -> Tensor:
         if not isinstance(tokens, Tensor) or tokens.ndim != 2 or tokens.dtype != torch.long:
@@ -222,7 +256,7 @@ class TextTransformer(nn.Module):
             if low < 0 or high >= self.vocab_size:
                 raise ValueError(f"token ids must lie in [0, vocab_size={self.vocab_size}), got [{low}, {high}]")
             if empty: raise ValueError("a caption is all padding: every row of tokens needs a real token")
-        return self.encoder(self.tok(tokens) + self.pos[:, :tokens.shape[1]], mask)
+        return self.encoder(self.tok(tokens) + self.pos[:, :tokens.shape[1]], mask if self.mask_padding else None)
 
 # %% ../nbs/04_model.ipynb #bf5cc33b
 class SigLIP(nn.Module):

@@ -32,12 +32,13 @@ from .model import SigLIP, SigLIPConfig
 
 # %% auto #0
 __all__ = ['LOSSES', 'NOISE_KINDS', 'PRECISIONS', 'RINGS', 'RUN_ONLY', 'CKPT_PREFIX', 'STEP_STATS', 'AUTOCAST', 'TrainConfig',
-           'lr_at', 'batch_indices', 'build_data', 'check_same_data', 'builtin_data', 'get_batch', 'corrupt_batch',
-           'build_model', 'make_loss', 'setup_processes', 'optimizer_tensors', 'optimizer_state', 'save_checkpoint',
-           'checkpoints', 'latest_checkpoint', 'read_state', 'safetensors_problem', 'read_tensors', 'load_weights',
-           'load_checkpoint', 'load_image_tower', 'rng_to_text', 'rng_from_text', 'logit_means', 'check_finite',
-           'train_step', 'make_optimizer', 'evaluate_loss', 'gather_rng', 'resume_weights', 'train', 'plot_logits',
-           'add_dataclass_args', 'dataclass_from_args', 'add_train_args', 'config_from_args', 'run_train']
+           'lr_at', 'batch_indices', 'build_data', 'hf_tokenizer', 'check_same_data', 'builtin_data', 'get_batch',
+           'corrupt_batch', 'build_model', 'make_loss', 'setup_processes', 'optimizer_tensors', 'optimizer_state',
+           'save_checkpoint', 'checkpoints', 'latest_checkpoint', 'read_state', 'safetensors_problem', 'read_tensors',
+           'load_weights', 'load_checkpoint', 'tokenizer_from_dict', 'load_image_tower', 'rng_to_text', 'rng_from_text',
+           'logit_means', 'check_finite', 'train_step', 'make_optimizer', 'evaluate_loss', 'gather_rng',
+           'resume_weights', 'train', 'plot_logits', 'add_dataclass_args', 'dataclass_from_args', 'add_train_args',
+           'config_from_args', 'run_train']
 
 # %% ../nbs/05_train.ipynb #17bc73fd
 LOSSES = ('sigmoid', 'chunked', 'ring', 'softmax')
@@ -72,10 +73,11 @@ class TrainConfig:
     skip_bad: bool = False        # leave out unreadable images and empty captions of your data (counted, reported)
     val_fraction: float = 0.1     # of your pairs, held out (seeded) for validation and `minisiglip eval`
     n_train: int = 20_000         # training pairs generated for 'shapes' (the order is reshuffled every epoch)
-    image_size: int = 32          # side of the (square) images
+    image_size: int = 32          # side of the (square) images (with init_hf: the checkpoint's)
     noise: str = 'none'           # corrupt a fraction of every training batch: one of NOISE_KINDS (the paper's Fig. 7)
     noise_frac: float = 0.        # the fraction of pairs of each batch that `noise` corrupts
     init_image: str = ''          # a run folder whose image tower (and image size) this run starts from
+    init_hf: str = ''             # a transformers SigLIP folder to fine-tune: its model, tokenizer, image size (10_hf)
     freeze_image: bool = False    # keep the image tower fixed (with init_image: the paper's SigLiT)
     ring: str = 'one-way'         # under torchrun: the 'one-way' ring, or 'bidir' (both ways: half the steps)
     precision: str = 'fp32'       # 'fp32', or the towers under autocast in 'bf16' / 'fp16' (fp16: a gradient scaler)
@@ -99,6 +101,8 @@ class TrainConfig:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.timeout <= 0: raise ValueError(f"timeout must be positive, got {self.timeout}")
+        if self.init_hf and self.init_image:
+            raise ValueError("init_hf and init_image both give the image tower: choose one")
 
 # %% ../nbs/05_train.ipynb #dc2be77a
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -124,7 +128,9 @@ def batch_indices(seed: int, step: int, n_data: int, batch_size: int, rank: int 
 # %% ../nbs/05_train.ipynb #389fddc7
 def build_data(cfg: TrainConfig) -> tuple[ImageCaptionDataset, ImageCaptionDataset, Tokenizer, dict]:
     "`(train_ds, val_ds, tokenizer, info)` for `cfg.data`: built-in shapes or digits, or your pairs' file or folder."
-    if cfg.data in ('shapes', 'digits'): return *builtin_data(cfg.data, cfg.n_train, cfg.seed, cfg.image_size), {}
+    if cfg.data in ('shapes', 'digits'):
+        train_ds, val_ds, tok = builtin_data(cfg.data, cfg.n_train, cfg.seed, cfg.image_size)
+        return train_ds, val_ds, hf_tokenizer(cfg) or tok, {}
     if not Path(cfg.data).exists():
         raise ValueError(f"data must be 'shapes', 'digits' or an existing caption file or folder, got {cfg.data!r}")
     ds = CaptionFileDataset(cfg.data, image_size=cfg.image_size, skip_bad=cfg.skip_bad,
@@ -135,7 +141,13 @@ def build_data(cfg: TrainConfig) -> tuple[ImageCaptionDataset, ImageCaptionDatas
     info = {'summary': ds.describe(), 'pairs': len(ds), 'train': len(train_idx), 'val': len(val_idx),
             'columns': ds.columns, 'skipped': len(ds.skipped), 'skipped_reasons': ds.skipped[:5],
             'fingerprint': pairs_fingerprint(ds.files, ds.captions)}
-    return train_ds, val_ds, Tokenizer.from_corpus(train_ds.captions), info
+    return train_ds, val_ds, hf_tokenizer(cfg) or Tokenizer.from_corpus(train_ds.captions), info
+
+def hf_tokenizer(cfg: TrainConfig):
+    "The tokenizer of the checkpoint `cfg.init_hf` fine-tunes (a `hf.SigLIPTokenizer`), or None without one."
+    if not cfg.init_hf: return None
+    from .hf import SigLIPTokenizer                      # here, not at the top: minisiglip.hf imports this module
+    return SigLIPTokenizer.from_folder(cfg.init_hf)
 
 def check_same_data(saved: dict, info: dict, ckpt: Path) -> None:
     "Refuse a run's user data that changed since `ckpt` was written: its validation split would no longer be held out."
@@ -178,11 +190,17 @@ def corrupt_batch(images: Tensor, tokens: Tensor, kind: str, frac: float, tok: T
 # %% ../nbs/05_train.ipynb #0394c293
 def build_model(cfg: TrainConfig, tokenizer: Tokenizer) -> SigLIP:
     """The SigLIP dual encoder of `cfg.preset`, sized for `tokenizer` and `cfg.image_size`, initialised from `cfg.seed`
-    (its image tower from `cfg.init_image` if set, and kept fixed if `cfg.freeze_image`)."""
+    (its image tower from `cfg.init_image` if set, and kept fixed if `cfg.freeze_image`); or the transformers
+    checkpoint `cfg.init_hf`, whole."""
     torch.manual_seed(cfg.seed)
-    model = SigLIP(SigLIPConfig.preset(cfg.preset, vocab_size=tokenizer.vocab_size, context_length=tokenizer.context_length,
-                                       pad_id=tokenizer.pad_id, image_size=cfg.image_size,
-                                       init_scale=cfg.init_scale, init_bias=cfg.init_bias))
+    if cfg.init_hf:
+        from .hf import load_siglip
+        model = load_siglip(cfg.init_hf)
+        if model.cfg.image_size != cfg.image_size:
+            raise ValueError(f"image_size {cfg.image_size} differs from the checkpoint's {model.cfg.image_size}")
+    else: model = SigLIP(SigLIPConfig.preset(cfg.preset, vocab_size=tokenizer.vocab_size, pad_id=tokenizer.pad_id,
+                                             context_length=tokenizer.context_length, image_size=cfg.image_size,
+                                             init_scale=cfg.init_scale, init_bias=cfg.init_bias))
     if cfg.init_image: load_image_tower(model, cfg.init_image)
     if cfg.freeze_image: model.image.requires_grad_(False)         # out of AdamW and DDP: a locked tower (LiT)
     if cfg.loss == 'softmax': model.logit.bias.requires_grad_(False)   # CLIP has no bias: keep it out of AdamW and DDP
@@ -298,7 +316,13 @@ def load_checkpoint(path: str | Path) -> tuple[SigLIP, Tokenizer, dict]:
     state = read_state(ckpt)
     model = SigLIP(SigLIPConfig(**state['model_config']))
     load_weights(model, ckpt / 'model.safetensors')
-    return model.eval(), Tokenizer.from_dict(state['tokenizer']), state
+    return model.eval(), tokenizer_from_dict(state['tokenizer']), state
+
+def tokenizer_from_dict(d: dict):
+    "The tokenizer a checkpoint's state names: our word-level `Tokenizer`, or the tokenizer of a transformers folder."
+    if 'hf_folder' not in d: return Tokenizer.from_dict(d)
+    from .hf import SigLIPTokenizer
+    return SigLIPTokenizer(d['hf_folder'], d['context_length'], d['pad_id'])
 
 def load_image_tower(model: SigLIP, run: str | Path) -> None:
     "Copy the image tower of the checkpoint (or newest checkpoint of the run folder) `run` into `model`."
@@ -424,6 +448,9 @@ def train(cfg: TrainConfig, resume: bool = False, stop_at: int | None = None, lo
     """Train (one process or `torchrun`), checkpointing to `cfg.out_dir`; returns the model and the run's state dict.
     `loss_fn(zimg, ztxt, scale, bias)` replaces the loss `cfg.loss` names (e.g. a masked sigmoid loss); it is not
     saved, so a resumed run must pass it again."""
+    if cfg.init_hf:                                   # the run takes the checkpoint's image size
+        from .hf import hf_image_size
+        cfg = dataclasses.replace(cfg, image_size=hf_image_size(cfg.init_hf))
     rank, world, device, own_group = setup_processes(cfg)
     try: return _train(cfg, resume, stop_at, rank, world, device, loss_fn or make_loss(cfg, world))
     finally:

@@ -18,6 +18,7 @@ from .model import SigLIPConfig, ViT
 from .train import (lr_at, batch_indices, check_finite, save_checkpoint, latest_checkpoint, read_state,
                               load_checkpoint, load_weights)
 from .vlm import VLM, VLMConfig
+from .hf import load_siglip
 from .vqa import VQASet, make_vqa, vqa_tokenizer, encode_question, EOS, FAMILIES
 
 # %% auto #0
@@ -65,7 +66,7 @@ def parse_family_weights(spec: str) -> dict[str, float]:
 @dataclass
 class VLMTrainConfig:
     "How a VLM is trained; saved in its checkpoint beside the `VLMConfig`."
-    siglip: str = 'runs/demo'     # SigLIP run (or checkpoint) folder whose image tower the VLM reads
+    siglip: str = 'runs/demo'     # SigLIP run or checkpoint folder, or a transformers SigLIP folder: the tower
     steps: int = 1200             # optimizer steps
     batch_size: int = 32          # images per step, with all their questions (about 5 each): one tower pass an image
     lr: float = 1e-3              # peak learning rate of the language model
@@ -107,7 +108,11 @@ def make_vlm_optimizer(model: VLM, cfg: VLMTrainConfig) -> torch.optim.AdamW:
 
 # %% ../nbs/07b_vlm_train.ipynb #82f26a4c
 def load_tower(path: str | Path) -> tuple[ViT, SigLIPConfig]:
-    "The image tower of a SigLIP run or checkpoint folder, and its config; a clear error if there is none."
+    """The image tower of a SigLIP run or checkpoint folder, or of a transformers SigLIP folder (`10_hf`), and its
+    config; a clear error if there is none."""
+    if latest_checkpoint(path) is None and (Path(path) / 'config.json').is_file():
+        siglip = load_siglip(path)
+        return siglip.image, siglip.cfg
     if latest_checkpoint(path) is None:
         raise FileNotFoundError(f"no SigLIP checkpoint at {path}: "
                                 f"train one first with `minisiglip demo --out {path}`")

@@ -1,0 +1,117 @@
+"""Hugging Face SigLIP folders: random `SiglipModel`s of several shapes saved by transformers load into minisiglip with
+the same features, and round-trip back (no download: every model is built from a config)."""
+import pytest
+import torch
+
+transformers = pytest.importorskip('transformers')
+from transformers import SiglipConfig, SiglipModel
+from minisiglip.hf import load_siglip, save_siglip, SigLIPTokenizer
+from minisiglip.losses import sigmoid_loss
+
+# (text config, vision config): widths, depths, heads, MLP sizes, patch and image sizes, eps and activation vary
+SHAPES = {
+    'base-like': (dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4),
+                  dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+                       image_size=32, patch_size=8)),
+    'so400m-like (odd MLP, wider text head)': (
+        dict(hidden_size=48, intermediate_size=172, num_hidden_layers=1, num_attention_heads=3, projection_size=72),
+        dict(hidden_size=72, intermediate_size=172, num_hidden_layers=3, num_attention_heads=6,
+             image_size=28, patch_size=14)),
+    'eps and exact gelu': (
+        dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, layer_norm_eps=1e-5,
+             hidden_act='gelu', max_position_embeddings=8),
+        dict(hidden_size=32, intermediate_size=96, num_hidden_layers=1, num_attention_heads=4, layer_norm_eps=1e-5,
+             hidden_act='gelu', image_size=16, patch_size=4)),
+}
+
+
+def features(hf: SiglipModel, images: torch.Tensor, ids: torch.Tensor) -> tuple:
+    "transformers' pooled image and text features and logits, for images in [0, 1] (pixel_values = 2x - 1)."
+    pooled = lambda out: getattr(out, 'pooler_output', out)
+    with torch.no_grad():
+        out = hf(input_ids=ids, pixel_values=2 * images - 1, return_loss=True)
+        return (pooled(hf.get_image_features(pixel_values=2 * images - 1)), pooled(hf.get_text_features(input_ids=ids)),
+                out.logits_per_image, out.loss)
+
+
+@pytest.mark.parametrize('shape', SHAPES)
+def test_transformers_folder_loads_with_the_same_features_and_round_trips(shape, tmp_path):
+    torch.manual_seed(0)
+    text, vision = SHAPES[shape]
+    hf = SiglipModel(SiglipConfig(text_config=dict(vocab_size=80, **text), vision_config=vision)).eval()
+    with torch.no_grad(): hf.logit_scale.fill_(2.0); hf.logit_bias.fill_(-5.0)
+    hf.save_pretrained(tmp_path / 'hf')
+    size, length = vision['image_size'], text.get('max_position_embeddings', 64)
+    images, ids = torch.rand(5, 3, size, size), torch.randint(2, 80, (5, length))
+    img_ref, txt_ref, logits_ref, loss_ref = features(hf, images, ids)
+
+    ours = load_siglip(tmp_path / 'hf')
+    with torch.no_grad():
+        torch.testing.assert_close(ours.image(images), img_ref, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(ours.text(ids), txt_ref, atol=1e-5, rtol=1e-5)
+        zimg, ztxt, scale, bias = ours(images, ids)
+        torch.testing.assert_close(scale * zimg @ ztxt.T + bias, logits_ref, atol=1e-4, rtol=1e-5)
+        torch.testing.assert_close(sigmoid_loss(zimg, ztxt, scale, bias), loss_ref, atol=1e-5, rtol=1e-5)
+
+    back = SiglipModel.from_pretrained(save_siglip(ours, tmp_path / 'ours')).eval()
+    for a, b in zip(features(back, images, ids), (img_ref, txt_ref, logits_ref, loss_ref)):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)                      # the same float32 weights, bit for bit
+
+
+def test_sharded_folder_and_half_precision_weights(tmp_path):
+    "A checkpoint saved in shards (with an index) and in bfloat16 loads as one float32 model."
+    torch.manual_seed(1)
+    text, vision = SHAPES['base-like']
+    hf = SiglipModel(SiglipConfig(text_config=dict(vocab_size=80, **text), vision_config=vision)).eval()
+    hf.to(torch.bfloat16).save_pretrained(tmp_path / 'hf', max_shard_size='100KB')
+    assert (tmp_path / 'hf' / 'model.safetensors.index.json').is_file()
+    ours = load_siglip(tmp_path / 'hf')
+    assert all(p.dtype == torch.float32 for p in ours.parameters())
+    images = torch.rand(3, 3, 32, 32)
+    img_ref = features(hf.float(), images, torch.randint(2, 80, (3, 64)))[0]
+    torch.testing.assert_close(ours.image(images), img_ref, atol=1e-5, rtol=1e-5)
+
+
+def test_spiece_tokenizer_pads_like_transformers(tmp_path):
+    "Google's folders ship spiece.model: ours pads it to max_length exactly as transformers' SiglipTokenizer does."
+    spm = pytest.importorskip('sentencepiece')
+    corpus = tmp_path / 'corpus.txt'
+    colours, shapes = ('red', 'green', 'blue'), ('circle', 'square')
+    corpus.write_text('\n'.join(f'a photo of a {c} {s}' for c in colours for s in shapes) * 20)
+    spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(tmp_path / 'spiece'), vocab_size=24,
+                                   pad_id=1, eos_id=2, unk_id=0, bos_id=-1, minloglevel=2)
+    captions = ['A photo of a RED circle!', 'blue square']
+    ids = SigLIPTokenizer(tmp_path, context_length=12, pad_id=1)(captions)
+    theirs = transformers.SiglipTokenizer(vocab_file=str(tmp_path / 'spiece.model'))
+    assert ids.shape == (2, 12)
+    assert ids.tolist() == theirs(captions, padding='max_length', max_length=12, truncation=True)['input_ids']
+
+
+def test_commands_take_a_transformers_folder(run_env, tmp_path):
+    """`eval --hf`, `train --init-hf` (with the folder's tokenizer.json) and `vlm train --siglip` on a transformers
+    folder, through the console script; naming both a run and --hf is one line on stderr, exit 2."""
+    import subprocess
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from minisiglip.data import Tokenizer as Words
+    text, vision = SHAPES['base-like']
+    SiglipModel(SiglipConfig(text_config=dict(vocab_size=80, max_position_embeddings=16, **text),
+                             vision_config=vision)).save_pretrained(tmp_path / 'hf')
+    words = ['<unk>', '</s>'] + [w for w in Words.for_shapes().vocab if not w.startswith('<')]
+    raw = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token='<unk>'))
+    raw.pre_tokenizer = pre_tokenizers.Whitespace()
+    raw.save(str(tmp_path / 'hf' / 'tokenizer.json'))
+    run = lambda *args: subprocess.run(['minisiglip', *map(str, args)], capture_output=True, text=True, env=run_env,
+                                       timeout=600)
+    res = run('eval', '--hf', tmp_path / 'hf', '--n', '50', '--json', tmp_path / 'hf_eval.json')
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / 'hf_eval.json').is_file()
+    res = run('train', '--init-hf', tmp_path / 'hf', '--steps', '3', '--batch-size', '8', '--n-train', '64',
+              '--eval-every', '0', '--device', 'cpu', '--out', tmp_path / 'tuned')
+    assert res.returncode == 0, res.stderr
+    res = run('eval', tmp_path / 'tuned', '--n', '50')               # the run finds the folder's tokenizer again
+    assert res.returncode == 0, res.stderr
+    res = run('vlm', 'train', '--siglip', tmp_path / 'hf', '--steps', '2', '--n-images', '40', '--batch-size', '8',
+              '--out', tmp_path / 'vlm')
+    assert res.returncode == 0, res.stderr
+    res = run('eval', tmp_path / 'tuned', '--hf', tmp_path / 'hf')
+    assert res.returncode == 2 and 'one of the two' in res.stderr.strip().splitlines()[-1]
