@@ -51,7 +51,9 @@ def _post(ops: list[tuple[Callable, Tensor, int, int, str]], what: str, group, s
     try: works = dist.batch_isend_irecv(p2p)
     except Exception as e: raise RuntimeError(f"{what}: starting the exchange failed ({type(e).__name__}: {e})") from e
     if stats is not None: stats.bytes_sent += sum(t.nbytes for op, t, *_ in ops if op is dist.isend)
-    return [(w, desc, t) for w, (_, t, _, _, desc) in zip(works, ops)]
+    if len(works) == len(ops): return [(w, desc, t) for w, (_, t, _, _, desc) in zip(works, ops)]
+    every = ' and '.join(desc for *_, desc in ops)           # one coalesced work (NCCL): it cannot say which op failed
+    return [(w, every, ops[0][1]) for w in works]
 
 def _wait(pending: list, what: str, timeout_s: float) -> None:
     "Wait for every op in `pending` for at most `timeout_s` each; a dead or stuck peer raises a RuntimeError naming `what`."

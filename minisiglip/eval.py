@@ -358,7 +358,8 @@ def add_eval_args(parser: argparse.ArgumentParser) -> None:
     "Flags of `minisiglip eval`."
     parser.add_argument('checkpoint', nargs='?', help='a run folder (its newest ckpt_*) or a checkpoint folder')
     parser.add_argument('--hf', default=None, metavar='PATH', help='evaluate a transformers SigLIP folder instead '
-                        '(config.json, safetensors and its tokenizer: 10_hf), on the data rendered at its image size')
+                        '(config.json, safetensors and its tokenizer: 10_hf), on the data rendered at its image size; '
+                        'the metrics go to eval.json in the current folder unless --json says otherwise')
     parser.add_argument('--n', type=int, default=1000, help='retrieval candidates (and n/2 zero-shot images)')
     parser.add_argument('--seed', type=int, default=None, help="seed of the validation data (default: the run's own, so that digits are split as in training)")
     parser.add_argument('--json', default=None, help='where to write the metrics (default: eval.json in the run folder)')

@@ -6,6 +6,7 @@
 from __future__ import annotations
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 import torch
 import torch.nn.functional as F
@@ -17,7 +18,7 @@ from .model import SigLIP, SigLIPConfig
 from .train import TrainConfig, read_tensors
 
 # %% auto #0
-__all__ = ['HF_TEXT_DEFAULTS', 'HF_VISION_DEFAULTS', 'HF_ACTIVATIONS', 'WEIGHTS', 'INDEX', 'siglip_config',
+__all__ = ['HF_TEXT_DEFAULTS', 'HF_VISION_DEFAULTS', 'HF_ACTIVATIONS', 'WEIGHTS', 'INDEX', 'TOKENIZER_FILES', 'siglip_config',
            'hf_incompatibilities', 'hf_config', 'hf_name', 'from_hf_state', 'to_hf_state', 'weight_files',
            'read_config', 'hf_image_size', 'load_siglip', 'save_siglip', 'preprocess_images', 'SigLIPTokenizer',
            'as_run']
@@ -41,11 +42,13 @@ def siglip_config(hf: dict) -> SigLIPConfig:
     "The `SigLIPConfig` of a transformers SigLIP `config.json` (a dict), or a `ValueError` naming what we cannot hold."
     kind = hf.get('model_type')
     if kind == 'siglip2':
-        raise ValueError("this is a SigLIP 2 checkpoint (model_type 'siglip2'): its NaFlex variable-resolution "
-                         "patch embedding is not supported; the fixed-resolution SigLIP 2 folders say 'siglip'")
+        raise ValueError("this is a SigLIP 2 NaFlex checkpoint (model_type 'siglip2'): its variable-resolution "
+                         "patch embedding is not supported")
     if kind != 'siglip': raise ValueError(f"config.json has model_type {kind!r}, not 'siglip'")
-    text = {**HF_TEXT_DEFAULTS, **hf.get('text_config', {})}
-    vision = {**HF_VISION_DEFAULTS, **hf.get('vision_config', {})}
+    text = {**HF_TEXT_DEFAULTS, **(hf.get('text_config') or {})}
+    vision = {**HF_VISION_DEFAULTS, **(hf.get('vision_config') or {})}
+    if not isinstance(vision['image_size'], int):
+        raise ValueError(f"image_size {vision['image_size']!r}: only square images are supported")
     if not vision['vision_use_head']:
         raise ValueError("vision_use_head is false: a SigLIP without its MAP head has no image embedding")
     if vision['num_channels'] != 3:
@@ -70,12 +73,12 @@ def hf_incompatibilities(cfg: SigLIPConfig) -> list[str]:
     "The options of `cfg` that transformers' `SiglipModel` cannot express (empty when it can)."
     checks = [(cfg.vit_stem == 0, f"vit_stem={cfg.vit_stem} (a conv stem; SigLIP patchifies)"),
               (not cfg.vit_proj, "vit_proj=True (a projection after the image MAP head)"),
-              (cfg.txt_pool == 'last', f"txt_pool={cfg.txt_pool!r} (SigLIP pools the text's last position)"),
-              (cfg.dropout == 0, f"dropout={cfg.dropout}")]
+              (cfg.txt_pool == 'last', f"txt_pool={cfg.txt_pool!r} (SigLIP pools the text's last position)")]
     return [problem for ok, problem in checks if not ok]
 
 def hf_config(cfg: SigLIPConfig) -> dict:
-    "The transformers `config.json` dict of a model with the released options; a `ValueError` listing those it lacks."
+    """The transformers `config.json` dict of a model with the released options; a `ValueError` listing those it lacks.
+    Dropout acts only in training and is not written (transformers' SigLIP has attention dropout only)."""
     problems = hf_incompatibilities(cfg)
     if problems: raise ValueError("transformers' SiglipModel cannot express " + '; '.join(problems))
     act = {'gelu_tanh': 'gelu_pytorch_tanh', 'gelu': 'gelu'}[cfg.act]
@@ -118,24 +121,30 @@ def hf_name(name: str) -> tuple[str, int | None]:
 # %% ../nbs/10_hf.ipynb #d4631d39
 _IGNORED = ('.position_ids',)               # buffers older transformers versions saved; derived from the length
 
+def _our_shape(t: Tensor, name: str) -> Tensor:
+    "A transformers tensor in our layout: position embeddings with a batch axis, the scale and bias as scalars."
+    if name.endswith('.pos'): return t[None]
+    return t.reshape(()) if name.startswith('logit.') and t.shape == (1,) else t
+
 def from_hf_state(model: SigLIP, tensors: dict[str, Tensor]) -> SigLIP:
-    "Copy transformers-named `tensors` into `model` (in place, cast to its dtype); `ValueError` on any mismatch."
+    "Load transformers-named `tensors` into `model` as its parameters (in its dtype); `ValueError` on any mismatch."
     used, state = set(), {}
     for name, ours in model.state_dict().items():
         key, block = hf_name(name)
         if key not in tensors: continue
         used.add(key)
-        t = tensors[key] if block is None else tensors[key].chunk(3)[block]
-        if t.numel() != ours.numel():
-            raise ValueError(f"{key} has shape {tuple(t.shape)}, the model expects {tuple(ours.shape)} for {name}")
-        state[name] = t.reshape(ours.shape).to(ours.dtype)
+        raw = tensors[key] if block is None else tensors[key].chunk(3)[block].clone()   # q, k, v: own storage
+        t = _our_shape(raw, name)
+        if t.shape != ours.shape:
+            raise ValueError(f"{key} has shape {tuple(raw.shape)}, the model expects {tuple(ours.shape)} for {name}")
+        state[name] = t.to(ours.dtype)
     missing = sorted(hf_name(n)[0] for n in model.state_dict() if n not in state)
     unused = sorted(k for k in tensors if k not in used and not k.endswith(_IGNORED))
     if missing or unused:
         listed = lambda what, keys: f"{what} {keys[:6]}{'...' if len(keys) > 6 else ''}" if keys else None
         raise ValueError("the weights do not fit the config: "
                          + ', '.join(filter(None, [listed('missing', missing), listed('unexpected', unused)])))
-    model.load_state_dict(state)
+    model.load_state_dict(state, assign=True)               # the tensors become the parameters (works from `meta`)
     return model
 
 def to_hf_state(model: SigLIP) -> dict[str, Tensor]:
@@ -180,16 +189,24 @@ def hf_image_size(path: str | Path) -> int:
 
 def load_siglip(path: str | Path, dtype: torch.dtype = torch.float32) -> SigLIP:
     "A `SigLIP` holding the transformers SigLIP checkpoint in folder `path` (weights cast to `dtype`), in eval mode."
-    path, model = Path(path), SigLIP(read_config(path)).to(dtype)
+    cfg = read_config(path)
+    with torch.device('meta'): model = SigLIP(cfg).to(dtype)      # shapes only: the file's tensors fill it
+    path = Path(path)
     tensors = {k: v for f in weight_files(path) for k, v in read_tensors(f).items()}
     return from_hf_state(model, tensors).eval()
 
-def save_siglip(model: SigLIP, path: str | Path) -> Path:
-    "Write `model` as a transformers SigLIP folder (`config.json`, `model.safetensors`) that `SiglipModel` loads."
+TOKENIZER_FILES = ('tokenizer.json', 'spiece.model', 'tokenizer_config.json', 'special_tokens_map.json',
+                   'preprocessor_config.json')
+
+def save_siglip(model: SigLIP, path: str | Path, tokenizer_from: str | Path | None = None) -> Path:
+    """Write `model` as a transformers SigLIP folder (`config.json`, `model.safetensors`) that `SiglipModel` loads; with
+    `tokenizer_from` (e.g. the folder a fine-tuned model came from), also copy its tokenizer and processor files."""
     config = hf_config(model.cfg)                                 # before anything is written
     path = Path(path); path.mkdir(parents=True, exist_ok=True)
     save_file(to_hf_state(model), str(path / WEIGHTS), metadata={'format': 'pt'})
     (path / 'config.json').write_text(json.dumps(config, indent=2) + '\n')
+    for name in TOKENIZER_FILES if tokenizer_from is not None else ():
+        if (Path(tokenizer_from) / name).is_file(): shutil.copyfile(Path(tokenizer_from) / name, path / name)
     return path
 
 # %% ../nbs/10_hf.ipynb #5f771b1b
@@ -201,30 +218,46 @@ def preprocess_images(images: list, size: int) -> Tensor:
     out = []
     for im in images:
         if isinstance(im, (str, Path)):
-            try: im = Image.open(im).convert('RGB')
+            try: im = Image.open(im)
             except (OSError, UnidentifiedImageError) as e: raise ValueError(f"cannot read image {im}: {e}") from None
+        if isinstance(im, Image.Image): im = im.convert('RGB')     # greyscale, palette, RGBA: as the processor does
         out.append(resize(im).as_subclass(Tensor))
     return torch.stack(out)
 
 # %% ../nbs/10_hf.ipynb #5898457b
+def _named_pad(path: Path, token_id) -> int | None:
+    "The id of the pad token that `special_tokens_map.json` or `tokenizer_config.json` names, if any."
+    for name in ('special_tokens_map.json', 'tokenizer_config.json'):
+        pad = _read_json(path / name).get('pad_token') if (path / name).is_file() else None
+        pad = pad.get('content') if isinstance(pad, dict) else pad
+        if pad is not None and token_id(pad) is not None: return token_id(pad)
+    return None
+
 class SigLIPTokenizer:
-    "Captions -> `(n, context_length)` ids padded to the full length, as SigLIP was trained, by a folder's tokenizer."
+    """Captions -> `(n, context_length)` ids padded to the full length, as SigLIP was trained, by a folder's tokenizer.
+    The padding id is the tokenizer's own (what training padded with); `pad_id`, the config's, if it names none."""
     def __init__(self, path: str | Path, context_length: int, pad_id: int):
         path = Path(path).resolve()
-        self.folder, self.context_length, self.pad_id = path, context_length, pad_id
+        self.folder, self.context_length = path, context_length
         if (path / 'tokenizer.json').is_file():
             from tokenizers import Tokenizer
             tok = Tokenizer.from_file(str(path / 'tokenizer.json'))
-            tok.enable_truncation(context_length); tok.enable_padding(length=context_length, pad_id=pad_id)
-            self.encode, self.vocab_size = lambda texts: [e.ids for e in tok.encode_batch(texts)], tok.get_vocab_size()
+            own = (tok.padding or {}).get('pad_id')
+            named = _named_pad(path, tok.token_to_id)
+            self.pad_id = own if own is not None else named if named is not None else pad_id
+            settings = _read_json(path / 'tokenizer_config.json') if (path / 'tokenizer_config.json').is_file() else {}
+            lower = settings.get('do_lower_case', False)
+            tok.enable_truncation(context_length); tok.enable_padding(length=context_length, pad_id=self.pad_id)
+            self.vocab_size = tok.get_vocab_size()
+            self.encode = lambda texts: [e.ids for e in tok.encode_batch([t.lower() if lower else t for t in texts])]
         elif (path / 'spiece.model').is_file():
             try:
-                from transformers import SiglipTokenizer
-                tok = SiglipTokenizer(vocab_file=str(path / 'spiece.model'))
-                self.vocab_size = len(tok)
+                from transformers import SiglipTokenizer         # reads tokenizer_config.json: lower-casing, pad token
+                tok = SiglipTokenizer.from_pretrained(str(path), local_files_only=True)
             except ImportError as e:
                 raise ValueError(f"{path / 'spiece.model'} is read by transformers' SiglipTokenizer: "
                                  f"pip install 'minisiglip[hf]' ({e})") from None
+            self.pad_id, self.vocab_size = tok.pad_token_id, len(tok)
             self.encode = lambda texts: tok(texts, padding='max_length', truncation=True,
                                             max_length=context_length)['input_ids']
         else: raise ValueError(f"no tokenizer.json or spiece.model in {path}: tokenize the captions yourself")

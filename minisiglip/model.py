@@ -59,7 +59,9 @@ class SigLIPConfig:
 
     def __post_init__(self):
         if self.patch_size < 1: raise ValueError(f"patch_size must be >= 1, got {self.patch_size}")
-        if self.image_size % self.patch_size: raise ValueError(f"image_size {self.image_size} must be a multiple of patch_size {self.patch_size}")
+        if self.vit_stem and self.image_size % self.patch_size:    # a patchify conv drops the leftover pixels instead
+            raise ValueError(f"image_size {self.image_size} must be a multiple of patch_size {self.patch_size} "
+                             "with a conv stem")
         if self.vit_stem < 0: raise ValueError(f"vit_stem must be 0 (patchify) or a channel count > 0, got {self.vit_stem}")
         if self.vit_stem: _stem_halvings(self.patch_size)            # fail when the config is made, not when the model is built
         for part in ('vit', 'txt'):
@@ -255,7 +257,8 @@ class TextTransformer(nn.Module):
             low, high, empty = torch.stack([tokens.min(), tokens.max(), (~mask.any(1)).sum()]).tolist()
             if low < 0 or high >= self.vocab_size:
                 raise ValueError(f"token ids must lie in [0, vocab_size={self.vocab_size}), got [{low}, {high}]")
-            if empty: raise ValueError("a caption is all padding: every row of tokens needs a real token")
+            if empty and self.mask_padding:                     # SigLIP's 'last' pooling reads padding: allowed
+                raise ValueError("a caption is all padding: every row of tokens needs a real token")
         return self.encoder(self.tok(tokens) + self.pos[:, :tokens.shape[1]], mask if self.mask_padding else None)
 
 # %% ../nbs/04_model.ipynb #bf5cc33b

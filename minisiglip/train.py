@@ -469,6 +469,7 @@ def _train(cfg: TrainConfig, resume: bool, stop_at: int | None, rank: int, world
     state = {'step': 0, 'config': dataclasses.asdict(cfg), 'model_config': dataclasses.asdict(model.cfg),
              'tokenizer': tok.to_dict(), 'data': data_info,
              'history': {'lr': [], **{k: [] for k in STEP_STATS}, 'val': []}}
+    scaler = torch.amp.GradScaler(device.type) if cfg.precision == 'fp16' else None
     ckpt = latest_checkpoint(cfg.out_dir) if Path(cfg.out_dir).exists() else None
     if ckpt is not None and not resume:
         raise FileExistsError(f"{cfg.out_dir} already holds {ckpt.name}: pass resume=True (--resume) or use another out_dir")
@@ -480,12 +481,12 @@ def _train(cfg: TrainConfig, resume: bool, stop_at: int | None, rank: int, world
         if diff: raise ValueError(f"cannot resume {ckpt}: its config differs from this run's in {diff}")
         if data_info: check_same_data(saved.get('data', {}), data_info, ckpt)
         resume_weights(model, optimizer, ckpt, saved.pop('optimizer_param_groups'))
+        if scaler is not None and 'scaler' in saved: scaler.load_state_dict(saved['scaler'])   # older runs: none saved
         if len(saved['rng']) != world: raise ValueError(f"checkpoint has {len(saved['rng'])} ranks' RNG states, this run has {world}")
         torch.set_rng_state(rng_from_text(saved.pop('rng')[rank]))
         state = {**saved, 'config': state['config']}       # the run folder may have moved
     else: torch.manual_seed(cfg.seed * 1_000_003 + rank)  # per-rank stream for any randomness in training
     net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None) if world > 1 else model
-    scaler = torch.amp.GradScaler(device.type) if cfg.precision == 'fp16' else None
     val_images, val_tokens = get_batch(val_ds, tok, torch.arange(min(len(val_ds), cfg.batch_size)), device)
     stop = min(cfg.steps, stop_at if stop_at is not None else cfg.steps)
     if stop <= state['step']: raise ValueError(f"nothing to train: the run is at step {state['step']}, stop_at/steps is {stop}")
@@ -505,6 +506,7 @@ def _train(cfg: TrainConfig, resume: bool, stop_at: int | None, rank: int, world
             bar.set_postfix(loss=f'{loss:.3f}', val=f"{h['val'][-1]['loss']:.3f}", lr=f'{lr:.1e}')
         if (cfg.ckpt_every and done % cfg.ckpt_every == 0) or done == stop:
             rng = gather_rng(world, device)                          # a collective: every rank takes part
+            if scaler is not None: state['scaler'] = scaler.state_dict()   # the same on every rank: one read
             if rank == 0: save_checkpoint(cfg.out_dir, model, optimizer, {**state, 'rng': rng})
     bar.close()
     return model.eval(), state

@@ -7,6 +7,7 @@ transformers = pytest.importorskip('transformers')
 from transformers import SiglipConfig, SiglipModel
 from minisiglip.hf import load_siglip, save_siglip, SigLIPTokenizer
 from minisiglip.losses import sigmoid_loss
+from minisiglip.train import load_checkpoint
 
 # (text config, vision config): widths, depths, heads, MLP sizes, patch and image sizes, eps and activation vary
 SHAPES = {
@@ -16,7 +17,7 @@ SHAPES = {
     'so400m-like (odd MLP, wider text head)': (
         dict(hidden_size=48, intermediate_size=172, num_hidden_layers=1, num_attention_heads=3, projection_size=72),
         dict(hidden_size=72, intermediate_size=172, num_hidden_layers=3, num_attention_heads=6,
-             image_size=28, patch_size=14)),
+             image_size=30, patch_size=14)),                      # 2 x 2 patches, 2 pixels left out (So400M: 6)
     'eps and exact gelu': (
         dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, layer_norm_eps=1e-5,
              hidden_act='gelu', max_position_embeddings=8),
@@ -81,10 +82,12 @@ def test_spiece_tokenizer_pads_like_transformers(tmp_path):
     spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(tmp_path / 'spiece'), vocab_size=24,
                                    pad_id=1, eos_id=2, unk_id=0, bos_id=-1, minloglevel=2)
     captions = ['A photo of a RED circle!', 'blue square']
-    ids = SigLIPTokenizer(tmp_path, context_length=12, pad_id=1)(captions)
+    tok = SigLIPTokenizer(tmp_path, context_length=12, pad_id=1)
+    ids = tok(captions)
     theirs = transformers.SiglipTokenizer(vocab_file=str(tmp_path / 'spiece.model'))
     assert ids.shape == (2, 12)
     assert ids.tolist() == theirs(captions, padding='max_length', max_length=12, truncation=True)['input_ids']
+    assert tok.pad_id == theirs.pad_token_id != 1                   # the tokenizer's own pad token, not the config's
 
 
 def test_commands_take_a_transformers_folder(run_env, tmp_path):
@@ -110,6 +113,11 @@ def test_commands_take_a_transformers_folder(run_env, tmp_path):
     assert res.returncode == 0, res.stderr
     res = run('eval', tmp_path / 'tuned', '--n', '50')               # the run finds the folder's tokenizer again
     assert res.returncode == 0, res.stderr
+    tuned, tok, _ = load_checkpoint(tmp_path / 'tuned')             # back to a transformers folder, tokenizer too
+    out = save_siglip(tuned, tmp_path / 'tuned_hf', tokenizer_from=tmp_path / 'hf')
+    assert (out / 'tokenizer.json').is_file()
+    assert torch.equal(SigLIPTokenizer.from_folder(out)(['a red circle']), tok(['a red circle']))
+    assert torch.equal(SiglipModel.from_pretrained(out).text_model.head.weight, tuned.text.encoder.proj.weight)
     res = run('vlm', 'train', '--siglip', tmp_path / 'hf', '--steps', '2', '--n-images', '40', '--batch-size', '8',
               '--out', tmp_path / 'vlm')
     assert res.returncode == 0, res.stderr
