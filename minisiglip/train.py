@@ -36,16 +36,16 @@ __all__ = ['LOSSES', 'NOISE_KINDS', 'PRECISIONS', 'RINGS', 'RUN_ONLY', 'CKPT_PRE
            'corrupt_batch', 'build_model', 'make_loss', 'setup_processes', 'optimizer_tensors', 'optimizer_state',
            'save_checkpoint', 'checkpoints', 'latest_checkpoint', 'read_state', 'safetensors_problem', 'read_tensors',
            'load_weights', 'load_checkpoint', 'tokenizer_from_dict', 'load_image_tower', 'rng_to_text', 'rng_from_text',
-           'logit_means', 'check_finite', 'train_step', 'make_optimizer', 'evaluate_loss', 'gather_rng',
-           'resume_weights', 'train', 'plot_logits', 'add_dataclass_args', 'dataclass_from_args', 'add_train_args',
-           'config_from_args', 'run_train']
+           'compile_towers', 'logit_means', 'check_finite', 'train_step', 'make_optimizer', 'evaluate_loss',
+           'gather_rng', 'resume_weights', 'train', 'plot_logits', 'add_dataclass_args', 'dataclass_from_args',
+           'add_train_args', 'config_from_args', 'run_train']
 
 # %% ../nbs/05_train.ipynb #17bc73fd
 LOSSES = ('sigmoid', 'chunked', 'ring', 'softmax')
 NOISE_KINDS = ('none', 'image', 'text', 'shuffle')
 PRECISIONS = ('fp32', 'bf16', 'fp16')
 RINGS = ('one-way', 'bidir')
-RUN_ONLY = ('out_dir', 'device', 'backend', 'timeout')   # where and how a run executes, not what it computes
+RUN_ONLY = ('out_dir', 'device', 'backend', 'timeout', 'compile')   # where and how a run executes, not what
 
 @dataclass
 class TrainConfig:
@@ -84,6 +84,7 @@ class TrainConfig:
     device: str = 'auto'          # 'cpu', 'cuda' (one GPU per process) or 'auto' (the GPU if there is one)
     backend: str = 'auto'         # torchrun's process group: 'gloo', 'nccl' or 'auto' (NCCL for GPUs, gloo for CPUs)
     timeout: float = 600.         # seconds a rank waits for its peers (evaluation, checkpoints) before failing
+    compile: bool = False         # torch.compile each tower's transformer trunk (the input checks stay eager)
     out_dir: str = 'runs/train'   # where checkpoints go
 
     def __post_init__(self):
@@ -342,6 +343,12 @@ def rng_from_text(text: str) -> Tensor:
     "Inverse of `rng_to_text`: the uint8 RNG state tensor that `torch.set_rng_state` takes."
     return torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8)
 
+# %% ../nbs/05_train.ipynb #3b15ae78
+def compile_towers(model: SigLIP) -> SigLIP:
+    "Compile both towers' `Encoder`s in place (`torch.compile`), leaving the input checks eager; returns `model`."
+    for encoder in (model.image.encoder, model.text.encoder): encoder.compile()
+    return model
+
 # %% ../nbs/05_train.ipynb #b3fafd90
 STEP_STATS = ('loss', 'grad_norm', 't', 'b', 'pos', 'neg')
 AUTOCAST = {'bf16': torch.bfloat16, 'fp16': torch.float16}
@@ -465,6 +472,7 @@ def _train(cfg: TrainConfig, resume: bool, stop_at: int | None, rank: int, world
     if cfg.batch_size > len(train_ds):   # a batch would hold some pair twice, each copy a "negative" of the other
         raise ValueError(f"batch_size {cfg.batch_size} exceeds the {len(train_ds)} training pairs of {cfg.data!r}")
     model = build_model(cfg, tok).to(device).train()
+    if cfg.compile: compile_towers(model)
     optimizer = make_optimizer(model, cfg)
     state = {'step': 0, 'config': dataclasses.asdict(cfg), 'model_config': dataclasses.asdict(model.cfg),
              'tokenizer': tok.to_dict(), 'data': data_info,

@@ -131,3 +131,13 @@ def test_eval_default_json_goes_in_the_run_folder(runs):
     run([SCRIPT, 'eval', str(ckpt), '--n', '60'])
     assert json.loads((runs / 'single' / 'eval.json').read_text())['step'] == 4
     assert not (ckpt / 'eval.json').exists()
+
+
+def test_compiled_towers_follow_the_eager_run_and_resume_without_compiling(runs, tmp_path):
+    """`--compile` (torch.compile of the towers' trunks) gives the eager losses to float rounding; its checkpoints keep
+    the eager parameter names, so the run resumes without compiling (compile is run-only). Compiling takes ~1 min."""
+    run(train_cmd(tmp_path / 'c', '--compile', '--stop-at', '2'))
+    compiled, eager = history(tmp_path / 'c')['loss'], history(runs / 'single')['loss'][:2]
+    assert compiled == pytest.approx(eager, rel=1e-4)
+    run(train_cmd(tmp_path / 'c', '--resume'))                      # eager from here, from the compiled checkpoint
+    assert history(tmp_path / 'c')['loss'] == pytest.approx(history(runs / 'single')['loss'], rel=1e-4)
