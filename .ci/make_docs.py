@@ -33,6 +33,34 @@ def local_links(body: str, doc_url: str, pages: dict[str, str], prefix: str) -> 
     return re.sub(re.escape(doc_url) + r'/([\w-]+)\.html(?:#([\w.-]+))?', repl, body).replace(SOURCE_LINK_ATTRS, '')
 
 
+def site_links(body: str, git_url: str, branch: str) -> str:
+    """The README's links as the docs site's home page needs them: `docs/X` becomes `X`, and a link to any other file
+    of the repo (`nbs/...json`, `CONTRIBUTING.md`) points at it on the repository, which the site does not hold."""
+    def repl(m: re.Match) -> str:
+        target = m[2]
+        if re.match(r'^(https?:|#|mailto:)', target): return m[0]
+        if target.startswith('docs/'): return f"{m[1]}({target[len('docs/'):]})"
+        return f"{m[1]}({git_url}/blob/{branch}/{target})"
+    return re.sub(r'(\])\(([^)\s]+)\)', repl, body)
+
+
+def heading_anchors(markdown: str) -> set[str]:
+    "The anchors of a page's headings, as GitHub and MkDocs both derive them (lower case, punctuation dropped)."
+    return {re.sub(r'[-\s]+', '-', re.sub(r'[^\w\s-]', '', h).strip().lower())
+            for h in re.findall(r'^#{1,6}\s+(.+?)\s*$', markdown, re.M)}
+
+
+def drop_dead_anchors(docs: Path) -> None:
+    """Links to `page.md#anchor` where the page has no such heading (nbdev links methods and private helpers, which
+    get no heading of their own) point at the page instead: a link that lands somewhere, never a broken anchor."""
+    pages = {p.name: p.read_text() for p in docs.glob('*.md')}
+    anchors = {name: heading_anchors(text) for name, text in pages.items()}
+    for name, text in pages.items():
+        fixed = re.sub(r'\]\(([\w-]+\.md)#([\w-]+)\)',
+                       lambda m: m[0] if m[2] in anchors.get(m[1], ()) else f"]({m[1]})", text)
+        if fixed != text: (docs / name).write_text(fixed)
+
+
 def front_matter(nb) -> dict:
     "nbdev moves the title cell into a YAML raw cell; read title and description back from it."
     for cell in nb.cells:
@@ -73,23 +101,21 @@ def build(out: Path) -> None:
     docs = out / 'docs'; docs.mkdir(parents=True, exist_ok=True)
     doc_url = cfg.doc_host.rstrip('/') + cfg.doc_baseurl.rstrip('/')
     pages = {re.sub(r'^\d+[a-z]?_', '', p.stem): p.stem for p in proc.glob('*.ipynb') if p.stem != 'index'}   # 00_losses -> losses.html
-    toc = []
     for nb_path in sorted(proc.glob('*.ipynb')):
-        if nb_path.stem == 'index':
+        if nb_path.stem == 'index':                 # the README, and the same text as the docs' home page
             body, images, _ = to_markdown(nb_path, 'index_files', 'docs/')
             body = local_links(body, doc_url, pages, 'docs/')
-            (out / 'README.md').write_text('<!-- generated from nbs/index.ipynb by .ci/make_docs.py: do not edit -->\n\n' + body)
+            stamp = '<!-- generated from nbs/index.ipynb by .ci/make_docs.py: do not edit -->\n\n'
+            (out / 'README.md').write_text(stamp + body)
+            (docs / 'index.md').write_text(stamp + site_links(body, cfg.git_url, cfg.branch))
         else:
-            body, images, meta = to_markdown(nb_path, f'{nb_path.stem}_files', '')
+            body, images, _ = to_markdown(nb_path, f'{nb_path.stem}_files', '')
             body = local_links(body, doc_url, pages, '')
             (docs / f'{nb_path.stem}.md').write_text(f'<!-- generated from nbs/{nb_path.name} by .ci/make_docs.py: do not edit -->\n\n' + body)
-            toc.append(f"| [{meta.get('title', nb_path.stem)}]({nb_path.stem}.md) | {meta.get('description', '')} |")
         for name, data in images.items():
             (docs / name).parent.mkdir(parents=True, exist_ok=True)
             (docs / name).write_bytes(data)
-    (docs / 'index.md').write_text(f"# {cfg.title} documentation\n\n{cfg.description}\n\n"
-                                   "Each page is a notebook in `nbs/`, rendered with its outputs.\n\n"
-                                   "| lesson | what it teaches |\n|---|---|\n" + '\n'.join(toc) + '\n')
+    drop_dead_anchors(docs)
     shutil.rmtree(proc, ignore_errors=True)
 
 

@@ -1,5 +1,6 @@
 """Hugging Face SigLIP folders: random `SiglipModel`s of several shapes saved by transformers load into minisiglip with
 the same features, and round-trip back (no download: every model is built from a config)."""
+import json
 import pytest
 import torch
 
@@ -108,6 +109,15 @@ def test_commands_take_a_transformers_folder(run_env, tmp_path):
     res = run('eval', '--hf', tmp_path / 'hf', '--n', '50', '--json', tmp_path / 'hf_eval.json')
     assert res.returncode == 0, res.stderr
     assert (tmp_path / 'hf_eval.json').is_file()
+    from minisiglip.data import ShapesDataset
+    from torchvision.utils import save_image
+    pairs = ShapesDataset(6, 'val', image_size=32)
+    (tmp_path / 'mine').mkdir()
+    for i, (image, caption) in enumerate(zip(pairs.images, pairs.captions)):    # a caption folder: x.png + x.txt
+        save_image(image, tmp_path / 'mine' / f'{i}.png'); (tmp_path / 'mine' / f'{i}.txt').write_text(caption)
+    res = run('eval', '--hf', tmp_path / 'hf', '--data', tmp_path / 'mine', '--json', tmp_path / 'mine.json')
+    assert res.returncode == 0, res.stderr
+    assert 'i2t_r1' in json.loads((tmp_path / 'mine.json').read_text())['retrieval']
     res = run('train', '--init-hf', tmp_path / 'hf', '--steps', '3', '--batch-size', '8', '--n-train', '64',
               '--eval-every', '0', '--device', 'cpu', '--out', tmp_path / 'tuned')
     assert res.returncode == 0, res.stderr
