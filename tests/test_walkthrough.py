@@ -2,6 +2,7 @@
 newcomer who opens `jupyter lab nbs/`, not only in nbdev_test's in-process shell. Cells marked `#| slow` are left out
 (their committed outputs show the long runs), as are `#| eval: false` cells and the closing `nbdev_export()` call,
 which would rewrite the library while other notebooks import it. Two notebooks run at a time, one per core."""
+import os
 import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -24,9 +25,16 @@ def run_in_kernel(name: str) -> None:
 
 @pytest.fixture(scope='module')
 def failures() -> dict[str, BaseException | None]:
-    "Each notebook's exception (None when it ran through), two kernels at a time."
-    with ThreadPoolExecutor(2) as pool:
-        runs = {name: pool.submit(run_in_kernel, name) for name in NOTEBOOKS}
+    """Each notebook's exception (None when it ran through), two kernels at a time, each with one thread: two kernels
+    of two threads on two cores would spend their time waiting on each other."""
+    threads = os.environ.get('OMP_NUM_THREADS')
+    os.environ['OMP_NUM_THREADS'] = '1'                             # the kernels inherit it
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            runs = {name: pool.submit(run_in_kernel, name) for name in NOTEBOOKS}
+    finally:
+        if threads is None: del os.environ['OMP_NUM_THREADS']
+        else: os.environ['OMP_NUM_THREADS'] = threads
     return {name: run.exception() for name, run in runs.items()}
 
 
