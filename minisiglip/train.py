@@ -36,9 +36,9 @@ __all__ = ['LOSSES', 'NOISE_KINDS', 'PRECISIONS', 'RINGS', 'RUN_ONLY', 'CKPT_PRE
            'corrupt_batch', 'build_model', 'make_loss', 'setup_processes', 'optimizer_tensors', 'optimizer_state',
            'save_checkpoint', 'checkpoints', 'latest_checkpoint', 'read_state', 'safetensors_problem', 'read_tensors',
            'load_weights', 'load_checkpoint', 'tokenizer_from_dict', 'load_image_tower', 'rng_to_text', 'rng_from_text',
-           'compile_towers', 'logit_means', 'check_finite', 'train_step', 'make_optimizer', 'evaluate_loss',
-           'gather_rng', 'resume_weights', 'train', 'plot_logits', 'add_dataclass_args', 'dataclass_from_args',
-           'add_train_args', 'config_from_args', 'run_train']
+           'compile_towers', 'logit_means', 'check_finite', 'train_step', 'kernel_ids', 'make_optimizer',
+           'evaluate_loss', 'gather_rng', 'resume_weights', 'train', 'plot_logits', 'add_dataclass_args',
+           'dataclass_from_args', 'add_train_args', 'config_from_args', 'run_train']
 
 # %% ../nbs/05_train.ipynb #17bc73fd
 LOSSES = ('sigmoid', 'chunked', 'ring', 'softmax')
@@ -405,12 +405,16 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn, imag
     return stats
 
 # %% ../nbs/05_train.ipynb #8340dbc0
+def kernel_ids(model: nn.Module) -> set[int]:
+    "`id`s of the weights of the linear and conv layers: the only parameters AdamW decays (big_vision's rule)."
+    return {id(m.weight) for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))}
+
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     """AdamW with `cfg.beta2` and up to three groups: the kernels of linear and conv layers decay; everything else
     (norms, biases, token and position embeddings, the MAP probe) does not; t' and b (`model.logit`) take
     `cfg.logit_lr_mult` times the learning rate, without decay."""
     logit = {id(p) for p in model.logit.parameters()} if isinstance(getattr(model, 'logit', None), nn.Module) else set()
-    kernels = {id(m.weight) for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))}
+    kernels = kernel_ids(model)
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [dict(params=[p for p in params if id(p) in kernels], weight_decay=cfg.weight_decay, lr_mult=1.),
               dict(params=[p for p in params if id(p) not in kernels | logit], weight_decay=0., lr_mult=1.),

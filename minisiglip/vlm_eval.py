@@ -8,6 +8,7 @@ import argparse
 import dataclasses
 import json
 import shutil
+import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -21,7 +22,8 @@ from .vlm_train import VLMTrainConfig, train_vlm, load_vlm
 
 # %% auto #0
 __all__ = ['VLM_DEMO', 'VLM_DEMO_TRAIN', 'BLIND_STEPS', 'VARIANTS', 'answer', 'vqa_accuracy', 'evaluate_vlm', 'vqa_table',
-           'plot_answers', 'vlm_demo', 'vlm_report', 'run_variants', 'variants_table', 'ask', 'add_vlm_args', 'run_vlm']
+           'plot_answers', 'vlm_demo', 'vlm_report', 'run_arm', 'run_variants', 'variants_table', 'ask', 'add_vlm_args',
+           'run_vlm']
 
 # %% ../nbs/08_vlm_eval.ipynb #f7f91c43
 @torch.no_grad()
@@ -159,24 +161,32 @@ VARIANTS = {
     'full tower': dict(mode='full'),
 }
 
-def run_variants(siglip: str | Path, variants: dict[str, dict] = VARIANTS, base: VLMConfig = VLM_DEMO,
-                 train_cfg: VLMTrainConfig = VLM_DEMO_TRAIN, n_eval: int = 500) -> dict[str, dict]:
-    """Train and evaluate the demo recipe changed by each variant's overrides (fields of `VLMConfig` or
-    `VLMTrainConfig`): train time, visual tokens, seen and held-out accuracy per family."""
-    import tempfile
+def run_arm(overrides: dict, siglip: str | Path = 'runs/demo', seed: int = 0, lr_scale: float = 1.,
+            base: VLMConfig = VLM_DEMO, train_cfg: VLMTrainConfig = VLM_DEMO_TRAIN, n_eval: int = 500) -> dict:
+    """Train the recipe `base` + `train_cfg` changed by `overrides` (fields of `VLMConfig` or `VLMTrainConfig`, `siglip`
+    included) with every learning rate times `lr_scale`, and evaluate it on `n_eval` fresh scenes per split: one row of
+    an ablation. A run stopped by a non-finite loss or gradient is a row too, with `diverged` saying where."""
     vlm_fields = {f.name for f in dataclasses.fields(VLMConfig)}
-    rows = {}
-    for name, overrides in variants.items():
-        train_kw = {k: v for k, v in overrides.items() if k not in vlm_fields}
-        vlm_kw = {k: v for k, v in overrides.items() if k in vlm_fields}
-        out_dir = str(Path(tempfile.mkdtemp()) / 'vlm')
-        cfg = dataclasses.replace(train_cfg, siglip=str(siglip), out_dir=out_dir, **train_kw)
-        model, tok, state = train_vlm(cfg, dataclasses.replace(base, **vlm_kw))
-        ev = evaluate_vlm(model, tok, n_eval, seed=cfg.seed)
-        rows[name] = {'overrides': overrides, 'train_s': state['train_s'], 'visual_tokens': model.n_visual,
-                      'seen': ev['vqa'], 'held_out': ev['vqa_held_out']}
-        shutil.rmtree(Path(cfg.out_dir).parent, ignore_errors=True)
-    return rows
+    work = Path(tempfile.mkdtemp())
+    cfg = dataclasses.replace(train_cfg, **{'siglip': str(siglip), 'seed': seed,
+                                            **{k: v for k, v in overrides.items() if k not in vlm_fields}},
+                              out_dir=str(work / 'vlm'))
+    cfg = dataclasses.replace(cfg, lr=cfg.lr * lr_scale, connector_lr=cfg.connector_lr * lr_scale,
+                              vision_lr=cfg.vision_lr * lr_scale)
+    row = {'overrides': overrides, 'seed': seed, 'lr_scale': lr_scale, 'steps': cfg.steps}
+    try: model, tok, state = train_vlm(cfg, dataclasses.replace(base, **{k: v for k, v in overrides.items()
+                                                                         if k in vlm_fields}))
+    except FloatingPointError as e: return {**row, 'diverged': str(e)}
+    finally: shutil.rmtree(work, ignore_errors=True)
+    ev = evaluate_vlm(model, tok, n_eval, seed=seed)
+    loss = state['history']['loss']
+    loss_every_10 = [sum(loss[i:i + 10]) / len(loss[i:i + 10]) for i in range(0, len(loss), 10)]
+    return {**row, 'train_s': state['train_s'], 'visual_tokens': model.n_visual, 'seen': ev['vqa'],
+            'held_out': ev['vqa_held_out'], 'answers_per_s': ev['answers_per_s'], 'loss_every_10': loss_every_10}
+
+def run_variants(siglip: str | Path, variants: dict[str, dict] = VARIANTS, **kwargs) -> dict[str, dict]:
+    "`run_arm` for each variant's overrides (same seed and evaluation scenes): its row by the variant's name."
+    return {name: run_arm(overrides, siglip, **kwargs) for name, overrides in variants.items()}
 
 def variants_table(rows: dict[str, dict]) -> str:
     "Markdown: one row per variant, overall on both splits and held-out accuracy per family."
@@ -207,6 +217,9 @@ def add_vlm_args(parser: argparse.ArgumentParser) -> None:
     add_dataclass_args(p, VLMConfig, choices={'connector': tuple(CONNECTORS), 'fusion': FUSIONS, 'mode': MODES},
                        skip=('vocab_size', 'max_text_len'))
     p.add_argument('--out', dest='out_dir', help='alias of --out-dir')
+    p.add_argument('--latents', dest='mp_latents', type=int, help='alias of --mp-latents (the perceiver\'s)')
+    p.add_argument('--n-eval', type=int, default=0,
+                   help='then evaluate on this many fresh scenes per split and print the tables (default: 0, none)')
     p = sub.add_parser('ask', help='answer a question about an image file; the answer is the last line')
     p.add_argument('run', help='VLM run folder (from vlm train or vlm demo)')
     p.add_argument('image', help='image file (PNG, JPEG, ...; any size)')
@@ -225,9 +238,12 @@ def run_vlm(args: argparse.Namespace) -> int:
     if args.vlm_command == 'ask':
         print(ask(args.run, args.image, args.question, args.device))
     elif args.vlm_command == 'train':
-        _, _, state = train_vlm(dataclass_from_args(VLMTrainConfig, args), dataclass_from_args(VLMConfig, args))
+        model, tok, state = train_vlm(dataclass_from_args(VLMTrainConfig, args), dataclass_from_args(VLMConfig, args))
         print(f"step {state['step']}: loss {state['history']['loss'][-1]:.4f}; "
               f"checkpoint in {latest_checkpoint(args.out_dir)}")
+        if args.n_eval:
+            metrics = evaluate_vlm(model, tok, args.n_eval, seed=args.seed)
+            print(vqa_table(metrics, 'seen') + '\n\n' + vqa_table(metrics, 'held_out'))
     else:
         cfg = dataclasses.replace(VLM_DEMO_TRAIN, steps=args.steps, seed=args.seed, device=args.device)
         metrics = vlm_demo(args.siglip, args.out, train_cfg=cfg, n_eval=args.n_eval)

@@ -15,8 +15,8 @@ from torch import Tensor
 from tqdm import tqdm
 from .data import Tokenizer
 from .model import SigLIPConfig, ViT
-from .train import (lr_at, batch_indices, check_finite, save_checkpoint, latest_checkpoint, read_state,
-                              load_checkpoint, load_weights)
+from .train import (kernel_ids, lr_at, batch_indices, check_finite, save_checkpoint, latest_checkpoint,
+                              read_state, load_checkpoint, load_weights)
 from .vlm import VLM, VLMConfig
 from .hf import load_siglip
 from .vqa import VQASet, make_vqa, vqa_tokenizer, encode_question, EOS, FAMILIES
@@ -67,6 +67,7 @@ def parse_family_weights(spec: str) -> dict[str, float]:
 class VLMTrainConfig:
     "How a VLM is trained; saved in its checkpoint beside the `VLMConfig`."
     siglip: str = 'runs/demo'     # SigLIP run or checkpoint folder, or a transformers SigLIP folder: the tower
+    random_tower: bool = False    # the tower's architecture with freshly drawn weights: what SigLIP training brings
     steps: int = 1200             # optimizer steps
     batch_size: int = 32          # images per step, with all their questions (about 5 each): one tower pass an image
     lr: float = 1e-3              # peak learning rate of the language model
@@ -98,10 +99,10 @@ def part_of(name: str) -> str:
 def make_vlm_optimizer(model: VLM, cfg: VLMTrainConfig) -> torch.optim.AdamW:
     "AdamW with a group per part and decay, each with `lr_scale` = its part's lr / `cfg.lr`."
     part_lr = {'lm': cfg.lr, 'connector': cfg.connector_lr, 'vision': cfg.vision_lr}
-    groups = {}
+    groups, kernels = {}, kernel_ids(model)
     for name, p in model.named_parameters():
         if not p.requires_grad: continue
-        part, decay = part_of(name), p.ndim >= 2
+        part, decay = part_of(name), id(p) in kernels
         groups.setdefault((part, decay), {'params': [], 'weight_decay': cfg.weight_decay if decay else 0.,
                                           'lr_scale': part_lr[part] / cfg.lr, 'part': part})['params'].append(p)
     return torch.optim.AdamW(list(groups.values()), lr=cfg.lr, betas=(0.9, 0.95))
@@ -153,6 +154,7 @@ def train_vlm(cfg: VLMTrainConfig, vlm_cfg: VLMConfig = VLMConfig()) -> tuple[VL
     if latest_checkpoint(cfg.out_dir) is not None and Path(cfg.out_dir).resolve() != Path(cfg.siglip).resolve():
         raise FileExistsError(f"{cfg.out_dir} already holds a checkpoint: choose another --out or remove it")
     torch.manual_seed(cfg.seed)
+    if cfg.random_tower: tower = ViT(tower_cfg)                       # PyTorch's init, where SigLIP training starts
     model = VLM(vlm_cfg, tower).to(device).train()
     data = make_vqa(cfg.n_images, 'train', seed=cfg.seed, image_size=tower.image_size)
     weight_of = parse_family_weights(cfg.family_weights)

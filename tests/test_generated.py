@@ -16,7 +16,8 @@ from nbdev.process import NBProcessor
 from nbdev.frontmatter import FrontmatterProc
 
 NBS = Path(__file__).resolve().parent.parent / 'nbs'
-GENERATED = ['index.ipynb', '06a_demo.ipynb', '09_paper.ipynb']   # the notebooks whose prose quotes saved results
+GENERATED = ['index.ipynb', '06a_demo.ipynb', '08_vlm_eval.ipynb', '08a_vlm_lessons.ipynb',   # the notebooks whose
+             '09_paper.ipynb']                                                             # prose quotes saved results
 
 
 def markdown_outputs(cells) -> list[str]:
