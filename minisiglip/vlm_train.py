@@ -23,7 +23,8 @@ from .vqa import VQASet, make_vqa, vqa_tokenizer, encode_question, EOS, FAMILIES
 
 # %% auto #0
 __all__ = ['IGNORE', 'encode_qa', 'answer_loss', 'parse_family_weights', 'VLMTrainConfig', 'part_of', 'make_vlm_optimizer',
-           'load_tower', 'precompute_features', 'questions_of', 'patch_features', 'train_vlm', 'load_vlm']
+           'load_tower', 'precompute_features', 'questions_of', 'patch_features', 'train_vlm', 'load_vlm', 'load_prior',
+           'prior_log_probs']
 
 # %% ../nbs/07b_vlm_train.ipynb #152acdf3
 IGNORE = -100   # F.cross_entropy's default ignore_index: positions that are not scored
@@ -79,6 +80,7 @@ class VLMTrainConfig:
     grad_clip: float = 1.0        # max global gradient norm
     n_images: int = 8000          # training scenes; each gets one question per family that applies (about 5)
     family_weights: str = 'position=4'  # loss weight of some question families (others 1): see below
+    prior: str = ''               # a blind VLM run whose answer log-probabilities join the logits (see below)
     seed: int = 0                 # model init, scenes, questions and batch order
     device: str = 'cpu'           # 'cpu', 'cuda', 'cuda:1', ...
     out_dir: str = 'runs/vlm'     # where the checkpoint goes
@@ -156,6 +158,7 @@ def train_vlm(cfg: VLMTrainConfig, vlm_cfg: VLMConfig = VLMConfig()) -> tuple[VL
     torch.manual_seed(cfg.seed)
     if cfg.random_tower: tower = ViT(tower_cfg)                       # PyTorch's init, where SigLIP training starts
     model = VLM(vlm_cfg, tower).to(device).train()
+    prior = load_prior(cfg.prior, tok, device) if cfg.prior else None
     data = make_vqa(cfg.n_images, 'train', seed=cfg.seed, image_size=tower.image_size)
     weight_of = parse_family_weights(cfg.family_weights)
     weights = torch.tensor([weight_of.get(f, 1.) for f in data.families])
@@ -174,6 +177,7 @@ def train_vlm(cfg: VLMTrainConfig, vlm_cfg: VLMConfig = VLMConfig()) -> tuple[VL
         lr = lr_at(step, cfg)
         for group in optimizer.param_groups: group['lr'] = lr * group['lr_scale']
         logits = model(ids.to(device), features=patch_features(model, data, idx, features, device))
+        if prior is not None: logits = logits + prior_log_probs(prior, ids.to(device))   # a product of experts
         loss = answer_loss(logits, targets.to(device), weights[idx].to(device))
         check_finite(step, 1, loss=loss.detach())
         optimizer.zero_grad(set_to_none=True)
@@ -199,3 +203,17 @@ def load_vlm(path: str | Path, device: str | torch.device = 'cpu') -> tuple[VLM,
     model = VLM(VLMConfig(**state['vlm_config']), ViT(SigLIPConfig(**state['vision_config'])))
     load_weights(model, ckpt / 'model.safetensors')
     return model.to(device).eval(), Tokenizer.from_dict(state['tokenizer']), state
+
+# %% ../nbs/07b_vlm_train.ipynb #7fcaeeab
+def load_prior(path: str | Path, tok: Tokenizer, device: torch.device) -> VLM:
+    "The blind VLM of `VLMTrainConfig.prior`, frozen; a `ValueError` if it sees images or speaks another vocabulary."
+    prior, prior_tok, _ = load_vlm(path, device)
+    if prior.cfg.fusion != 'none':
+        raise ValueError(f"prior {path} must be a blind VLM run (fusion='none'), got fusion={prior.cfg.fusion!r}")
+    if prior_tok.vocab != tok.vocab: raise ValueError(f"prior {path} has another vocabulary than this VLM's")
+    return prior.requires_grad_(False)
+
+@torch.no_grad()
+def prior_log_probs(prior: VLM, ids: Tensor) -> Tensor:
+    "The blind expert's next-token log-probabilities `(B, L, vocab)` at every text position: the term a product adds."
+    return prior(ids).log_softmax(-1)
