@@ -104,6 +104,10 @@ class KVCache:
         self.k, self.v = k, v
         return k, v
 
+    def select(self, index: Tensor) -> None:
+        "Keep the batch rows `index` (rows may repeat): one cached prefix then serves several sequences."
+        self.k, self.v = self.k[index], self.v[index]
+
 def causal_mask(n_queries: int, n_keys: int, device=None) -> Tensor:
     "`(Lq, Lk)` bool, True where query i may attend: queries are the *last* Lq positions (i sees keys 0..Lk-Lq+i)."
     return torch.ones(n_queries, n_keys, dtype=torch.bool, device=device).tril(n_keys - n_queries)

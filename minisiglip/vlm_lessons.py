@@ -14,23 +14,26 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 from .vqa import FAMILIES
-from .vlm_eval import run_arm, VLM_DEMO_TRAIN
+from .vlm import VLMConfig
+from .vlm_train import VLMTrainConfig
+from .vlm_eval import run_arm
 
 # %% auto #0
-__all__ = ['LESSON_TRAIN', 'LR_GRID', 'SEEDS', 'N_EVAL', 'TOWERS', 'ARMS', 'CLAIMS', 'LESSONS', 'read_rows', 'best_lr',
-           'run_grid', 'chosen_runs', 'arm_scores', 'verdict', 'Claim', 'judge', 'train_seconds', 'lesson_table',
-           'plot_lesson', 'plot_losses', 'summary_table', 'claim_sentence']
+__all__ = ['LESSON_BASE', 'LESSON_TRAIN', 'LR_GRID', 'SEEDS', 'N_EVAL', 'TOWERS', 'ARMS', 'CLAIMS', 'LESSONS', 'read_rows',
+           'best_lr', 'run_grid', 'chosen_runs', 'arm_scores', 'verdict', 'Claim', 'judge', 'train_seconds',
+           'lesson_table', 'plot_lesson', 'plot_losses', 'summary_table', 'claim_sentence']
 
 # %% ../nbs/08a_vlm_lessons.ipynb #99ac142e
-LESSON_TRAIN = dataclasses.replace(VLM_DEMO_TRAIN, steps=300, warmup_steps=30)   # a quarter of the demo's steps
-LR_GRID = (1., 2., 4.)      # factors on the demo's learning rates (LM 1e-3, connector 2e-3, tower 3e-4)
+LESSON_BASE = VLMConfig()   # what every arm changes: frozen tower, pixel shuffle r = 2, prefix fusion, 2 LM blocks
+LESSON_TRAIN = VLMTrainConfig(steps=300, warmup_steps=30)   # a quarter of the demo's 1,200 steps, its other settings
+LR_GRID = (1., 2., 4.)      # factors on LESSON_TRAIN's learning rates (LM 1e-3, connector 2e-3, tower 3e-4)
 SEEDS = (0, 1, 2)           # the first picks each arm's learning rate
 N_EVAL = 300                # fresh scenes per split (seen, held_out), the same for every arm of a seed
 TOWERS = {'sigmoid': 'runs/demo', 'softmax': 'runs/demo_softmax'}   # SigLIP runs whose image tower the VLM uses
 
-ARMS = {                    # name: overrides of the VLM demo recipe (fields of VLMConfig / VLMTrainConfig, or `tower`)
+ARMS = {                    # name: overrides of LESSON_BASE (fields of VLMConfig / VLMTrainConfig, or `tower`)
     'blind': dict(fusion='none'),
-    'pixel shuffle (demo)': {},
+    'pixel shuffle (base)': {},
     'linear': dict(connector='linear'),
     'mlp': dict(connector='mlp'),
     'perceiver 4': dict(connector='perceiver', mp_latents=4),
@@ -49,12 +52,13 @@ ARMS = {                    # name: overrides of the VLM demo recipe (fields of 
 # %% ../nbs/08a_vlm_lessons.ipynb #e0857571
 def _run_job(job: tuple) -> dict:
     "One row of the grid, in a worker process with one thread."
-    name, overrides, seed, lr_scale, towers, train_cfg, n_eval = job
+    name, overrides, seed, lr_scale, towers, base, train_cfg, n_eval = job
     torch.set_num_threads(1)
     overrides = dict(overrides)
     tower = overrides.pop('tower', 'sigmoid')
     t0 = time.perf_counter()
-    row = run_arm(overrides, towers[tower], seed=seed, lr_scale=lr_scale, train_cfg=train_cfg, n_eval=n_eval)
+    row = run_arm(overrides, towers[tower], seed=seed, lr_scale=lr_scale, base=base, train_cfg=train_cfg,
+                  n_eval=n_eval)
     return {'arm': name, 'tower': tower, **row, 'wall_s': time.perf_counter() - t0}
 
 def read_rows(path: str | Path) -> list[dict]:
@@ -69,7 +73,8 @@ def best_lr(rows: list[dict], arm: str, seed: int = SEEDS[0]) -> float:
     return max(runs, key=lambda r: r['seen']['overall'] if 'seen' in r else -1.)['lr_scale']
 
 def run_grid(arms: dict[str, dict], path: str | Path, towers: dict[str, str] = TOWERS, seeds: tuple = SEEDS,
-             lr_grid: tuple = LR_GRID, train_cfg=LESSON_TRAIN, n_eval: int = N_EVAL, workers: int = 2) -> list[dict]:
+             lr_grid: tuple = LR_GRID, base: VLMConfig = LESSON_BASE, train_cfg=LESSON_TRAIN, n_eval: int = N_EVAL,
+             workers: int = 2) -> list[dict]:
     """Every arm at each factor of `lr_grid` on `seeds[0]`, then on the other seeds at its best factor; rows are
     appended to the JSON Lines file `path` as they finish, and rows already there (same arm, seed, factor and steps)
     are reused. Returns the rows of `arms`."""
@@ -79,7 +84,7 @@ def run_grid(arms: dict[str, dict], path: str | Path, towers: dict[str, str] = T
 
     def run(jobs: list[tuple[str, int, float]]):
         done = {(r['arm'], r['seed'], r['lr_scale'], r['steps']) for r in rows}
-        todo = [(name, arms[name], seed, lr, towers, train_cfg, n_eval) for name, seed, lr in jobs
+        todo = [(name, arms[name], seed, lr, towers, base, train_cfg, n_eval) for name, seed, lr in jobs
                 if (name, seed, lr, train_cfg.steps) not in done]
         if not todo: return
         from minisiglip.vlm_lessons import _run_job as job_in_package   # a notebook's own function cannot be pickled
@@ -134,17 +139,17 @@ CLAIMS = [
     Claim('pooling', 'more latents do not help', '128 latents 71.2 vs 64 latents 71.7', 'perceiver 64', 'perceiver 16',
           kind='no better'),
     Claim('fusion × mode', 'frozen: cross-attention beats the prefix', '66.7 vs 60.3', 'cross-attn frozen',
-          'pixel shuffle (demo)'),
+          'pixel shuffle (base)'),
     Claim('fusion × mode', 'LoRA: the prefix beats cross-attention', '69.5 vs 67.3', 'prefix LoRA', 'cross-attn LoRA'),
-    Claim('fusion × mode', 'prefix: LoRA beats frozen', '69.5 vs 60.3', 'prefix LoRA', 'pixel shuffle (demo)'),
+    Claim('fusion × mode', 'prefix: LoRA beats frozen', '69.5 vs 60.3', 'prefix LoRA', 'pixel shuffle (base)'),
     Claim('splitting', 'image splitting helps questions that need detail',
-          'TextVQA 70.4 → 73.0, DocVQA 67.3 → 74.0', 'split image', 'pixel shuffle (demo)', family='count'),
+          'TextVQA 70.4 → 73.0, DocVQA 67.3 → 74.0', 'split image', 'pixel shuffle (base)', family='count'),
     Claim('tower', 'a trained vision encoder beats a random one', 'a stronger backbone gives a stronger VLM',
-          'pixel shuffle (demo)', 'random tower'),
-    Claim('tower', 'the trained tower helps on unseen colour–shape pairs too', '', 'pixel shuffle (demo)',
+          'pixel shuffle (base)', 'random tower'),
+    Claim('tower', 'the trained tower helps on unseen colour–shape pairs too', '', 'pixel shuffle (base)',
           'random tower', split='held_out'),
     Claim('tower', 'the sigmoid-trained tower serves at least as well as a softmax-trained one',
-          'Idefics2 chose SigLIP-SO400M', 'softmax tower', 'pixel shuffle (demo)', kind='no better'),
+          'Idefics2 chose SigLIP-SO400M', 'softmax tower', 'pixel shuffle (base)', kind='no better'),
 ]
 
 def judge(rows: list[dict], claim: Claim) -> dict:
@@ -156,12 +161,12 @@ def judge(rows: list[dict], claim: Claim) -> dict:
 
 # %% ../nbs/08a_vlm_lessons.ipynb #f60d18b0
 LESSONS = {
-    'connector': ['blind', 'linear', 'mlp', 'pixel shuffle (demo)', 'perceiver 16'],
+    'connector': ['blind', 'linear', 'mlp', 'pixel shuffle (base)', 'perceiver 16'],
     'pooling': ['blind', 'mlp', 'perceiver 4', 'perceiver 16', 'perceiver 64'],
-    'fusion × mode': ['blind', 'pixel shuffle (demo)', 'cross-attn frozen', 'prefix LoRA', 'cross-attn LoRA',
+    'fusion × mode': ['blind', 'pixel shuffle (base)', 'cross-attn frozen', 'prefix LoRA', 'cross-attn LoRA',
                       'prefix full', 'cross-attn full'],
-    'splitting': ['blind', 'pixel shuffle (demo)', 'split image'],
-    'tower': ['blind', 'pixel shuffle (demo)', 'random tower', 'softmax tower'],
+    'splitting': ['blind', 'pixel shuffle (base)', 'split image'],
+    'tower': ['blind', 'pixel shuffle (base)', 'random tower', 'softmax tower'],
 }
 
 def train_seconds(rows: list[dict], arm: str) -> float:

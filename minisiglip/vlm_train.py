@@ -137,15 +137,13 @@ def questions_of(data: VQASet, images: Tensor) -> Tensor:
     starts = torch.cumsum(counts, 0) - counts
     return torch.cat([by_image[starts[i]:starts[i] + counts[i]] for i in images.tolist()])
 
-def patch_features(model: VLM, data: VQASet, idx: Tensor, cached: Tensor | None,
+def patch_features(model: VLM, data: VQASet, images: Tensor, cached: Tensor | None,
                    device: torch.device) -> Tensor | None:
-    """The tower's patch tokens for the questions `idx`: from the frozen cache, or by running the tower once per
-    distinct image and repeating them per question (the gradient flows back through the repeat); None if blind."""
-    rows = data.image[idx]
-    if cached is not None: return cached[rows].to(device)
+    """The tower's patch tokens of the training images `images` (each once): from the frozen cache, or by running
+    the tower (whose gradient then reaches every question about the image); None if blind."""
+    if cached is not None: return cached[images].to(device)
     if model.cfg.fusion == 'none': return None
-    distinct, inverse = rows.unique(return_inverse=True)
-    return model.features(data.images[distinct].to(device))[inverse.to(device)]
+    return model.features(data.images[images].to(device))
 
 # %% ../nbs/07b_vlm_train.ipynb #f4f73318
 def train_vlm(cfg: VLMTrainConfig, vlm_cfg: VLMConfig = VLMConfig()) -> tuple[VLM, Tokenizer, dict]:
@@ -170,13 +168,18 @@ def train_vlm(cfg: VLMTrainConfig, vlm_cfg: VLMConfig = VLMConfig()) -> tuple[VL
              'vision_config': dataclasses.asdict(tower_cfg),
              'tokenizer': tok.to_dict(), 'history': {'loss': [], 'lr': [], 'grad_norm': []},
              'n_questions': len(data), 'features_s': time.perf_counter() - t0}
+    all_ids, all_targets = encode_qa(tok, data.questions, data.answers)   # once: a step cuts its rows to their length
+    lengths = (all_ids != tok.pad_id).sum(1)
     params = [p for p in model.parameters() if p.requires_grad]
     for step in (bar := tqdm(range(cfg.steps), desc='vlm train', mininterval=1)):
         idx = questions_of(data, batch_indices(cfg.seed, step, len(data.images), cfg.batch_size))
-        ids, targets = encode_qa(tok, [data.questions[i] for i in idx], [data.answers[i] for i in idx])
+        longest = lengths[idx].max()
+        ids, targets = all_ids[idx, :longest], all_targets[idx, :longest]
         lr = lr_at(step, cfg)
         for group in optimizer.param_groups: group['lr'] = lr * group['lr_scale']
-        logits = model(ids.to(device), features=patch_features(model, data, idx, features, device))
+        images, image_of = data.image[idx].unique(return_inverse=True)
+        logits = model(ids.to(device), features=patch_features(model, data, images, features, device),
+                       image_of=image_of.to(device))
         if prior is not None: logits = logits + prior_log_probs(prior, ids.to(device))   # a product of experts
         loss = answer_loss(logits, targets.to(device), weights[idx].to(device))
         check_finite(step, 1, loss=loss.detach())
