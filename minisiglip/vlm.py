@@ -252,7 +252,8 @@ class VLM(nn.Module):
                 image_of: Tensor | None = None) -> Tensor:
         """With `image_of` `(B,)`, row i of `ids` asks about image `image_of[i]` of `images` (or `features`), which
         then hold each image once: training asks about 5 questions of each image, and the image goes through the
-        connector (and, as a prefix, the LM) once, not once per question. The same logits, about half the work."""
+        connector (and, as a prefix, the LM) once, not once per question. The same logits, about half the LM's
+        tokens."""
         if image_of is None or self.cfg.fusion == 'none':
             x, ctx = self._inputs(ids, images, features)
             return self.lm(x, ctx)[:, -ids.shape[1]:]

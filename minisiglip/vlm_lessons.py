@@ -25,7 +25,7 @@ __all__ = ['LESSON_BASE', 'LESSON_TRAIN', 'LR_GRID', 'SEEDS', 'N_EVAL', 'TOWERS'
 
 # %% ../nbs/08a_vlm_lessons.ipynb #99ac142e
 LESSON_BASE = VLMConfig()   # what every arm changes: frozen tower, pixel shuffle r = 2, prefix fusion, 2 LM blocks
-LESSON_TRAIN = VLMTrainConfig(steps=300, warmup_steps=30)   # a quarter of the demo's 1,200 steps, its other settings
+LESSON_TRAIN = VLMTrainConfig(steps=300, warmup_steps=30)   # a quarter of the demo's 1,200 steps; tower lr 3e-4
 LR_GRID = (1., 2., 4.)      # factors on LESSON_TRAIN's learning rates (LM 1e-3, connector 2e-3, tower 3e-4)
 SEEDS = (0, 1, 2)           # the first picks each arm's learning rate
 N_EVAL = 300                # fresh scenes per split (seen, held_out), the same for every arm of a seed
