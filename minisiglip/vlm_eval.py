@@ -226,7 +226,8 @@ def add_vlm_args(parser: argparse.ArgumentParser) -> None:
     p.add_argument('image', help='image file (PNG, JPEG, ...; any size)')
     p.add_argument('question', help='e.g. "what colour is the circle?"')
     p.add_argument('--device', default='cpu')
-    p = sub.add_parser('demo', help='train the demo VLM (VLM_DEMO) and a blind baseline on a SigLIP tower, evaluate, report')
+    p = sub.add_parser('demo', help='train the demo VLM (VLM_DEMO) and a blind baseline on a SigLIP tower, '
+                                    'evaluate, report')
     p.add_argument('--siglip', default='runs/demo', help='SigLIP run folder (default: runs/demo, from minisiglip demo)')
     p.add_argument('--out', default=VLM_DEMO_TRAIN.out_dir, help=f'run folder (default: {VLM_DEMO_TRAIN.out_dir})')
     for name in ('steps', 'seed', 'device'):

@@ -22,9 +22,9 @@ from .hf import load_siglip
 from .vqa import VQASet, make_vqa, vqa_tokenizer, encode_question, EOS, FAMILIES
 
 # %% auto #0
-__all__ = ['IGNORE', 'encode_qa', 'answer_loss', 'parse_family_weights', 'VLMTrainConfig', 'part_of', 'make_vlm_optimizer',
-           'load_tower', 'precompute_features', 'questions_of', 'patch_features', 'train_vlm', 'load_vlm', 'load_prior',
-           'prior_log_probs']
+__all__ = ['IGNORE', 'encode_qa', 'take_rows', 'answer_loss', 'parse_family_weights', 'VLMTrainConfig', 'part_of',
+           'make_vlm_optimizer', 'load_tower', 'precompute_features', 'questions_of', 'patch_features', 'train_vlm',
+           'load_vlm', 'load_prior', 'prior_log_probs']
 
 # %% ../nbs/07b_vlm_train.ipynb #152acdf3
 IGNORE = -100   # F.cross_entropy's default ignore_index: positions that are not scored
@@ -42,6 +42,11 @@ def encode_qa(tok: Tokenizer, questions: list[str], answers: list[str]) -> tuple
         ids[i, :len(seq) - 1] = torch.tensor(seq[:-1])
         targets[i, len(q) - 1:len(seq) - 1] = torch.tensor(a)   # after the last question word: the first answer word
     return ids, targets
+
+def take_rows(ids: Tensor, targets: Tensor, idx: Tensor, pad_id: int) -> tuple[Tensor, Tensor]:
+    "Rows `idx` of questions `encode_qa` encoded once, cut to their longest: what it gives those questions alone."
+    longest = (ids[idx] != pad_id).sum(1).max()
+    return ids[idx, :longest], targets[idx, :longest]
 
 def answer_loss(logits: Tensor, targets: Tensor, weights: Tensor | None = None) -> Tensor:
     """Mean cross-entropy over the scored (answer and `<eos>`) positions of `(B, L, vocab)` logits; with per-question
@@ -168,13 +173,11 @@ def train_vlm(cfg: VLMTrainConfig, vlm_cfg: VLMConfig = VLMConfig()) -> tuple[VL
              'vision_config': dataclasses.asdict(tower_cfg),
              'tokenizer': tok.to_dict(), 'history': {'loss': [], 'lr': [], 'grad_norm': []},
              'n_questions': len(data), 'features_s': time.perf_counter() - t0}
-    all_ids, all_targets = encode_qa(tok, data.questions, data.answers)   # once: a step cuts its rows to their length
-    lengths = (all_ids != tok.pad_id).sum(1)
+    all_ids, all_targets = encode_qa(tok, data.questions, data.answers)   # once: a step takes its rows (take_rows)
     params = [p for p in model.parameters() if p.requires_grad]
     for step in (bar := tqdm(range(cfg.steps), desc='vlm train', mininterval=1)):
         idx = questions_of(data, batch_indices(cfg.seed, step, len(data.images), cfg.batch_size))
-        longest = lengths[idx].max()
-        ids, targets = all_ids[idx, :longest], all_targets[idx, :longest]
+        ids, targets = take_rows(all_ids, all_targets, idx, tok.pad_id)
         lr = lr_at(step, cfg)
         for group in optimizer.param_groups: group['lr'] = lr * group['lr_scale']
         images, image_of = data.image[idx].unique(return_inverse=True)
