@@ -31,21 +31,28 @@ from .data import (ShapesDataset, DigitsDataset, CaptionFileDataset, ImageCaptio
 from .model import SigLIP, SigLIPConfig
 
 # %% auto #0
-__all__ = ['LOSSES', 'NOISE_KINDS', 'PRECISIONS', 'RINGS', 'RUN_ONLY', 'CKPT_PREFIX', 'STEP_STATS', 'AUTOCAST', 'TrainConfig',
-           'lr_at', 'batch_indices', 'build_data', 'hf_tokenizer', 'check_same_data', 'builtin_data', 'get_batch',
-           'corrupt_batch', 'build_model', 'make_loss', 'setup_processes', 'optimizer_tensors', 'optimizer_state',
-           'save_checkpoint', 'checkpoints', 'latest_checkpoint', 'read_state', 'safetensors_problem', 'read_tensors',
-           'load_weights', 'load_checkpoint', 'tokenizer_from_dict', 'load_image_tower', 'rng_to_text', 'rng_from_text',
-           'compile_towers', 'logit_means', 'check_finite', 'train_step', 'kernel_ids', 'make_optimizer',
-           'evaluate_loss', 'gather_rng', 'resume_weights', 'train', 'plot_logits', 'add_dataclass_args',
-           'dataclass_from_args', 'add_train_args', 'config_from_args', 'run_train']
+__all__ = ['LOSSES', 'NOISE_KINDS', 'PRECISIONS', 'RINGS', 'SCHEDULES', 'RUN_ONLY', 'CKPT_PREFIX', 'STEP_STATS', 'AUTOCAST',
+           'check_schedule', 'TrainConfig', 'lr_at', 'batch_indices', 'build_data', 'hf_tokenizer', 'check_same_data',
+           'builtin_data', 'get_batch', 'corrupt_batch', 'build_model', 'make_loss', 'setup_processes',
+           'optimizer_tensors', 'optimizer_state', 'save_checkpoint', 'checkpoints', 'latest_checkpoint', 'read_state',
+           'safetensors_problem', 'read_tensors', 'load_weights', 'load_checkpoint', 'tokenizer_from_dict',
+           'load_image_tower', 'rng_to_text', 'rng_from_text', 'compile_towers', 'logit_means', 'check_finite',
+           'train_step', 'kernel_ids', 'make_optimizer', 'evaluate_loss', 'gather_rng', 'resume_weights', 'train',
+           'plot_logits', 'add_dataclass_args', 'dataclass_from_args', 'add_train_args', 'config_from_args',
+           'run_train']
 
 # %% ../nbs/05_train.ipynb #17bc73fd
 LOSSES = ('sigmoid', 'chunked', 'ring', 'softmax')
 NOISE_KINDS = ('none', 'image', 'text', 'shuffle')
 PRECISIONS = ('fp32', 'bf16', 'fp16')
 RINGS = ('one-way', 'bidir')
+SCHEDULES = ('cosine', 'constant', 'wsd')
 RUN_ONLY = ('out_dir', 'device', 'backend', 'timeout', 'compile')   # where and how a run executes, not what
+
+def check_schedule(cfg) -> None:
+    "Raise a clear error for a `cfg.schedule` or `cfg.cooldown` that `lr_at` cannot follow (training configs share it)."
+    if cfg.schedule not in SCHEDULES: raise ValueError(f"schedule must be one of {SCHEDULES}, got {cfg.schedule!r}")
+    if not 0 < cfg.cooldown <= 1: raise ValueError(f"cooldown must be in (0, 1], got {cfg.cooldown}")
 
 @dataclass
 class TrainConfig:
@@ -60,7 +67,8 @@ class TrainConfig:
     init_bias: float = -10.       # b at init (the paper's -10)
     beta2: float = 0.95           # the SigLIP paper's beta2: 0.999 makes large-batch sigmoid training unstable
     warmup_steps: int = 20        # linear warm-up from lr/warmup_steps to lr (a run shorter than this never peaks)
-    schedule: str = 'cosine'      # 'cosine' decay to 0 after warm-up, or 'constant'
+    schedule: str = 'cosine'      # after warm-up: 'cosine' decay to 0, 'constant', or 'wsd' (constant, then a cool-down)
+    cooldown: float = 0.2         # with schedule='wsd': the last fraction of the steps, where the lr falls linearly to 0
     grad_clip: float = 1.0        # max global gradient norm (0: no clipping, the norm is still checked)
     loss: str = 'sigmoid'         # one of LOSSES; under torchrun 'softmax' all-gathers, the others ring-exchange
     chunk_size: int = 32          # columns per block for loss='chunked'
@@ -89,7 +97,7 @@ class TrainConfig:
 
     def __post_init__(self):
         if self.loss not in LOSSES: raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
-        if self.schedule not in ('cosine', 'constant'): raise ValueError(f"schedule must be 'cosine' or 'constant', got {self.schedule!r}")
+        check_schedule(self)
         for name in ('steps', 'batch_size', 'chunk_size', 'n_train', 'image_size'):
             if getattr(self, name) < 1: raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.warmup_steps < 0: raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
@@ -106,10 +114,11 @@ class TrainConfig:
             raise ValueError("init_hf and init_image both give the image tower: choose one")
 
 # %% ../nbs/05_train.ipynb #dc2be77a
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    "Learning rate at `step` (0-based): linear warm-up to `cfg.lr`, then cosine decay to 0 at `cfg.steps` (or constant)."
+def lr_at(step: int, cfg) -> float:
+    "Learning rate at `step` (0-based) of a run configured by `cfg`: linear warm-up to `cfg.lr`, then `cfg.schedule`."
     if step < cfg.warmup_steps: return cfg.lr * (step + 1) / cfg.warmup_steps
     if cfg.schedule == 'constant': return cfg.lr
+    if cfg.schedule == 'wsd': return cfg.lr * min(1., (cfg.steps - step) / (cfg.cooldown * cfg.steps))
     progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * progress))
 
@@ -558,7 +567,7 @@ def dataclass_from_args(cls, args: argparse.Namespace, **overrides):
 
 def add_train_args(parser: argparse.ArgumentParser) -> None:
     "Add one `--flag` per `TrainConfig` field (defaults from the dataclass), plus `--resume` and `--stop-at`."
-    add_dataclass_args(parser, TrainConfig, choices={'loss': LOSSES, 'noise': NOISE_KINDS, 'ring': RINGS,
+    add_dataclass_args(parser, TrainConfig, choices={'loss': LOSSES, 'noise': NOISE_KINDS, 'ring': RINGS, 'schedule': SCHEDULES,
                                                      'precision': PRECISIONS, 'device': DEVICES, 'backend': BACKENDS})
     parser.add_argument('--out', dest='out_dir', help='alias of --out-dir')
     parser.add_argument('--resume', action='store_true', help='continue from the newest checkpoint in --out-dir')

@@ -211,10 +211,10 @@ def ask(run: str | Path, image: str | Path, question: str, device: str = 'cpu') 
 # %% ../nbs/08_vlm_eval.ipynb #c67972a5
 def add_vlm_args(parser: argparse.ArgumentParser) -> None:
     "Subcommands of `minisiglip vlm`: train, ask, demo."
-    from minisiglip.train import add_dataclass_args
+    from minisiglip.train import add_dataclass_args, SCHEDULES
     sub = parser.add_subparsers(dest='vlm_command', metavar='SUBCOMMAND', required=True)
     p = sub.add_parser('train', help='train a VLM on the built-in VQA questions with a SigLIP run\'s image tower')
-    add_dataclass_args(p, VLMTrainConfig)
+    add_dataclass_args(p, VLMTrainConfig, choices={'schedule': SCHEDULES})
     add_dataclass_args(p, VLMConfig, choices={'connector': tuple(CONNECTORS), 'fusion': FUSIONS, 'mode': MODES},
                        skip=('vocab_size', 'max_text_len'))
     p.add_argument('--out', dest='out_dir', help='alias of --out-dir')

@@ -15,8 +15,8 @@ from torch import Tensor
 from tqdm import tqdm
 from .data import Tokenizer
 from .model import SigLIPConfig, ViT
-from .train import (kernel_ids, lr_at, batch_indices, check_finite, save_checkpoint, latest_checkpoint,
-                              read_state, load_checkpoint, load_weights)
+from .train import (kernel_ids, lr_at, check_schedule, batch_indices, check_finite, save_checkpoint,
+                              latest_checkpoint, read_state, load_checkpoint, load_weights)
 from .vlm import VLM, VLMConfig
 from .hf import load_siglip
 from .vqa import VQASet, make_vqa, vqa_tokenizer, encode_question, EOS, FAMILIES
@@ -80,8 +80,9 @@ class VLMTrainConfig:
     connector_lr: float = 2e-3    # peak learning rate of the connector (and the view embeddings)
     vision_lr: float = 3e-4       # peak learning rate of the tower's trainable weights (LoRA or full)
     weight_decay: float = 0.01    # AdamW decay of weight matrices, multiplied by the lr
-    warmup_steps: int = 50        # linear warm-up, then cosine decay to 0
-    schedule: str = 'cosine'      # 'cosine' or 'constant' (train.lr_at)
+    warmup_steps: int = 50        # linear warm-up, then the schedule
+    schedule: str = 'cosine'      # one of train.SCHEDULES: 'cosine' decay to 0, 'constant' or 'wsd' (train.lr_at)
+    cooldown: float = 0.2         # with schedule='wsd': the last fraction of the steps, where the lr falls linearly to 0
     grad_clip: float = 1.0        # max global gradient norm
     n_images: int = 8000          # training scenes; each gets one question per family that applies (about 5)
     family_weights: str = 'position=4'  # loss weight of some question families (others 1): see below
@@ -91,8 +92,7 @@ class VLMTrainConfig:
     out_dir: str = 'runs/vlm'     # where the checkpoint goes
 
     def __post_init__(self):
-        if self.schedule not in ('cosine', 'constant'):
-            raise ValueError(f"schedule must be 'cosine' or 'constant', got {self.schedule!r}")
+        check_schedule(self)
         for name in ('steps', 'batch_size', 'n_images'):
             if getattr(self, name) < 1: raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         parse_family_weights(self.family_weights)
