@@ -53,6 +53,9 @@ def check_schedule(cfg) -> None:
     "Raise a clear error for a `cfg.schedule` or `cfg.cooldown` that `lr_at` cannot follow (training configs share it)."
     if cfg.schedule not in SCHEDULES: raise ValueError(f"schedule must be one of {SCHEDULES}, got {cfg.schedule!r}")
     if not 0 < cfg.cooldown <= 1: raise ValueError(f"cooldown must be in (0, 1], got {cfg.cooldown}")
+    if cfg.schedule == 'wsd' and cfg.cooldown * cfg.steps > cfg.steps - cfg.warmup_steps:
+        raise ValueError(f"cooldown {cfg.cooldown} of {cfg.steps} steps reaches into the {cfg.warmup_steps} warm-up steps: "
+                         "the peak would never be held")
 
 @dataclass
 class TrainConfig:
@@ -118,7 +121,7 @@ def lr_at(step: int, cfg) -> float:
     "Learning rate at `step` (0-based) of a run configured by `cfg`: linear warm-up to `cfg.lr`, then `cfg.schedule`."
     if step < cfg.warmup_steps: return cfg.lr * (step + 1) / cfg.warmup_steps
     if cfg.schedule == 'constant': return cfg.lr
-    if cfg.schedule == 'wsd': return cfg.lr * min(1., (cfg.steps - step) / (cfg.cooldown * cfg.steps))
+    if cfg.schedule == 'wsd': return cfg.lr * min(1., max(0., cfg.steps - step) / (cfg.cooldown * cfg.steps))
     progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * progress))
 
