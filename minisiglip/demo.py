@@ -12,12 +12,14 @@ import time
 from pathlib import Path
 import torch
 from .data import ShapesDataset
-from .train import TrainConfig, train, load_checkpoint, CKPT_PREFIX
+from .train import TrainConfig, train, load_checkpoint, CKPT_PREFIX, SCHEDULES, PRECISIONS
+from .distributed import DEVICES
 from .train import plot_logits
 from .eval import evaluate, plot_history, plot_similarity
 
 # %% auto #0
-__all__ = ['DEMO_CONFIG', 'plot_zero_shot', 'save_plots', 'demo', 'report', 'add_demo_args', 'run_demo']
+__all__ = ['DEMO_CONFIG', 'DEMO_KNOBS', 'plot_zero_shot', 'save_plots', 'demo', 'report', 'add_demo_args', 'demo_config',
+           'run_demo']
 
 # %% ../nbs/06a_demo.ipynb #20d57b33
 DEMO_CONFIG = TrainConfig(preset='tiny_wide', steps=2400, batch_size=64, lr=1e-3, warmup_steps=100, eval_every=100,
@@ -83,16 +85,23 @@ def report(metrics: dict) -> str:
             f"t2i R@1/5/10 {100 * r['t2i_r1']:.1f}/{100 * r['t2i_r5']:.1f}/{100 * r['t2i_r10']:.1f}%")
 
 # %% ../nbs/06a_demo.ipynb #bc6e7aea
+DEMO_KNOBS = {'steps': None, 'batch_size': None, 'lr': None, 'schedule': SCHEDULES, 'seed': None, 'device': DEVICES,
+              'precision': PRECISIONS}   # TrainConfig fields `minisiglip demo` takes as flags, with their choices
+
 def add_demo_args(parser: argparse.ArgumentParser) -> None:
     "Flags of `minisiglip demo`: where to write, and a few knobs of the training run."
     parser.add_argument('--out', default=DEMO_CONFIG.out_dir, help=f'run folder (default: {DEMO_CONFIG.out_dir})')
-    for name in ('steps', 'batch_size', 'lr', 'seed', 'device', 'precision'):
-        parser.add_argument('--' + name.replace('_', '-'), type=type(getattr(DEMO_CONFIG, name)), default=getattr(DEMO_CONFIG, name))
+    for name, choices in DEMO_KNOBS.items():
+        parser.add_argument('--' + name.replace('_', '-'), type=type(getattr(DEMO_CONFIG, name)), choices=choices,
+                            default=getattr(DEMO_CONFIG, name))
     parser.add_argument('--n-eval', type=int, default=1000, help='retrieval candidates')
+
+def demo_config(args: argparse.Namespace) -> TrainConfig:
+    "The demo recipe with the flags' knobs and run folder."
+    return dataclasses.replace(DEMO_CONFIG, out_dir=args.out, **{name: getattr(args, name) for name in DEMO_KNOBS})
 
 def run_demo(args: argparse.Namespace) -> int:
     "`minisiglip demo`: train, evaluate, write the run folder, print a short report."
-    cfg = dataclasses.replace(DEMO_CONFIG, out_dir=args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                              seed=args.seed, device=args.device, precision=args.precision)
+    cfg = demo_config(args)
     print(report(demo(cfg, args.n_eval)) + f'\nrun folder: {cfg.out_dir}')
     return 0
