@@ -85,8 +85,9 @@ def report(metrics: dict) -> str:
             f"t2i R@1/5/10 {100 * r['t2i_r1']:.1f}/{100 * r['t2i_r5']:.1f}/{100 * r['t2i_r10']:.1f}%")
 
 # %% ../nbs/06a_demo.ipynb #bc6e7aea
-DEMO_KNOBS = {'steps': None, 'batch_size': None, 'lr': None, 'warmup_steps': None, 'schedule': SCHEDULES, 'cooldown': None,
-              'n_train': None, 'seed': None, 'device': DEVICES, 'precision': PRECISIONS}   # TrainConfig fields it takes as flags
+# the TrainConfig fields `minisiglip demo` takes as flags, with their choices (None: any value of the field's type)
+DEMO_KNOBS = {'steps': None, 'batch_size': None, 'lr': None, 'warmup_steps': None, 'schedule': SCHEDULES,
+              'cooldown': None, 'n_train': None, 'seed': None, 'device': DEVICES, 'precision': PRECISIONS}
 
 def add_demo_args(parser: argparse.ArgumentParser) -> None:
     "Flags of `minisiglip demo`: where to write, and a few knobs of the training run."

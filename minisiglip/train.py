@@ -54,8 +54,8 @@ def check_schedule(cfg) -> None:
     if cfg.schedule not in SCHEDULES: raise ValueError(f"schedule must be one of {SCHEDULES}, got {cfg.schedule!r}")
     if not 0 < cfg.cooldown <= 1: raise ValueError(f"cooldown must be in (0, 1], got {cfg.cooldown}")
     if cfg.schedule == 'wsd' and cfg.cooldown * cfg.steps > cfg.steps - cfg.warmup_steps:
-        raise ValueError(f"cooldown {cfg.cooldown} of {cfg.steps} steps reaches into the {cfg.warmup_steps} warm-up steps: "
-                         "the peak would never be held")
+        raise ValueError(f"cooldown {cfg.cooldown} of {cfg.steps} steps reaches into the {cfg.warmup_steps} "
+                         "warm-up steps: the peak would never be held")
 
 @dataclass
 class TrainConfig:
@@ -70,8 +70,8 @@ class TrainConfig:
     init_bias: float = -10.       # b at init (the paper's -10)
     beta2: float = 0.95           # the SigLIP paper's beta2: 0.999 makes large-batch sigmoid training unstable
     warmup_steps: int = 20        # linear warm-up from lr/warmup_steps to lr (a run shorter than this never peaks)
-    schedule: str = 'cosine'      # after warm-up: 'cosine' decay to 0, 'constant', or 'wsd' (constant, then a cool-down)
-    cooldown: float = 0.2         # with schedule='wsd': the last fraction of the steps, where the lr falls linearly to 0
+    schedule: str = 'cosine'      # after warm-up: 'cosine' decay to 0, 'constant', or 'wsd' (hold, then cool down)
+    cooldown: float = 0.2         # with schedule='wsd': the last fraction of the steps, where the lr falls to 0
     grad_clip: float = 1.0        # max global gradient norm (0: no clipping, the norm is still checked)
     loss: str = 'sigmoid'         # one of LOSSES; under torchrun 'softmax' all-gathers, the others ring-exchange
     chunk_size: int = 32          # columns per block for loss='chunked'
@@ -570,8 +570,9 @@ def dataclass_from_args(cls, args: argparse.Namespace, **overrides):
 
 def add_train_args(parser: argparse.ArgumentParser) -> None:
     "Add one `--flag` per `TrainConfig` field (defaults from the dataclass), plus `--resume` and `--stop-at`."
-    add_dataclass_args(parser, TrainConfig, choices={'loss': LOSSES, 'noise': NOISE_KINDS, 'ring': RINGS, 'schedule': SCHEDULES,
-                                                     'precision': PRECISIONS, 'device': DEVICES, 'backend': BACKENDS})
+    add_dataclass_args(parser, TrainConfig, choices={'loss': LOSSES, 'noise': NOISE_KINDS, 'ring': RINGS,
+                                                     'schedule': SCHEDULES, 'precision': PRECISIONS, 'device': DEVICES,
+                                                     'backend': BACKENDS})
     parser.add_argument('--out', dest='out_dir', help='alias of --out-dir')
     parser.add_argument('--resume', action='store_true', help='continue from the newest checkpoint in --out-dir')
     parser.add_argument('--stop-at', type=int, default=None, help='stop after this step (the schedule still spans --steps)')

@@ -82,7 +82,7 @@ class VLMTrainConfig:
     weight_decay: float = 0.01    # AdamW decay of weight matrices, multiplied by the lr
     warmup_steps: int = 50        # linear warm-up, then the schedule
     schedule: str = 'cosine'      # one of train.SCHEDULES: 'cosine' decay to 0, 'constant' or 'wsd' (train.lr_at)
-    cooldown: float = 0.2         # with schedule='wsd': the last fraction of the steps, where the lr falls linearly to 0
+    cooldown: float = 0.2         # with schedule='wsd': the last fraction of the steps, where the lr falls to 0
     grad_clip: float = 1.0        # max global gradient norm
     n_images: int = 8000          # training scenes; each gets one question per family that applies (about 5)
     family_weights: str = 'position=4'  # loss weight of some question families (others 1): see below
