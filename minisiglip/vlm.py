@@ -16,7 +16,7 @@ from .model import Attention, Block, KVCache, ViT, SigLIPConfig, mlp
 # %% auto #0
 __all__ = ['FUSIONS', 'MODES', 'CONNECTORS', 'VLMConfig', 'LinearConnector', 'MLPConnector', 'pixel_shuffle',
            'PixelShuffleConnector', 'CrossAttentionBlock', 'PerceiverConnector', 'TinyLM', 'LoRALinear', 'add_lora',
-           'merge_lora', 'split_views', 'patch_centres', 'VLM']
+           'merge_lora', 'split_views', 'value_image', 'patch_centres', 'VLM']
 
 # %% ../nbs/07_vlm.ipynb #5cfa703f
 FUSIONS = ('prefix', 'cross_attention', 'none')
@@ -35,6 +35,7 @@ class VLMConfig:
     lora_rank: int = 8                # rank r of each LoRA update
     lora_alpha: float = 16.           # LoRA scale alpha / r (the LoRA paper's convention)
     split_image: bool = False         # the whole image plus its 4 quadrant crops, each at the tower's input size
+    value_view: bool = False          # also run the tower on each view without its hue; join the tokens patch by patch
     patch_xy: bool = True             # add a learned linear embedding of each patch's (x, y) centre to its token
     vocab_size: int = 64              # the LM's words (minisiglip.vqa.vqa_tokenizer's vocab_size)
     max_text_len: int = 16            # most question + answer tokens the LM takes
@@ -197,6 +198,12 @@ def split_views(images: Tensor) -> Tensor:
     crops = [F.interpolate(c, size=(S, S), mode='bilinear', align_corners=False) for c in crops]
     return torch.stack([images, *crops], 1)
 
+# %% ../nbs/07_vlm.ipynb #ab14ef99
+def value_image(images: Tensor) -> Tensor:
+    """`(B, 3, S, S)` -> the same images without hue or saturation: each pixel's HSV value (its largest channel)
+    in all three channels."""
+    return images.amax(1, keepdim=True).expand_as(images)
+
 # %% ../nbs/07_vlm.ipynb #af159e61
 def patch_centres(grid: int) -> Tensor:
     "`(grid**2, 2)` centres `(x, y)` in [-1, 1] of a row-major grid of patches, y pointing down."
@@ -211,11 +218,12 @@ class VLM(nn.Module):
     def __init__(self, cfg: VLMConfig, vision: ViT):
         super().__init__()
         self.cfg, self.vision = cfg, copy.deepcopy(vision)
-        self.connector = CONNECTORS[cfg.connector](self.vision.pos.shape[-1], cfg.lm_width, self.vision.grid, cfg)
+        d_patch = self.vision.pos.shape[-1] * (2 if cfg.value_view else 1)   # a patch's features, hue-free half too
+        self.connector = CONNECTORS[cfg.connector](d_patch, cfg.lm_width, self.vision.grid, cfg)
         n_views = 5 if cfg.split_image else 1
         self.view = nn.Parameter(torch.zeros(n_views, 1, cfg.lm_width)) if cfg.split_image else None
         self.n_visual = 0 if cfg.fusion == 'none' else n_views * self.connector.n_tokens
-        self.xy = nn.Linear(2, self.vision.pos.shape[-1]) if cfg.patch_xy else None
+        self.xy = nn.Linear(2, d_patch) if cfg.patch_xy else None
         self.register_buffer('grid_xy', patch_centres(self.vision.grid), persistent=False)
         in_sequence = self.n_visual if cfg.fusion == 'prefix' else 0
         self.lm = TinyLM(cfg.vocab_size, cfg.lm_width, cfg.lm_depth, cfg.lm_heads, cfg.max_text_len + in_sequence,
@@ -227,10 +235,14 @@ class VLM(nn.Module):
     def n_views(self) -> int: return 5 if self.cfg.split_image else 1
 
     def features(self, images: Tensor) -> Tensor:
-        "Patch tokens of every view, `(B, views, S, D)`: the same every epoch for a frozen tower, so cacheable."
+        """Patch tokens of every view, `(B, views, S, D)` (`2D` with `value_view`: the hue-free view's tokens after
+        each patch's own): the same every epoch for a frozen tower, so cacheable."""
         views = split_views(images) if self.cfg.split_image else images[:, None]
         B, V = views.shape[:2]
-        return self.vision.tokens(views.flatten(0, 1)).unflatten(0, (B, V))
+        flat = views.flatten(0, 1)
+        if not self.cfg.value_view: return self.vision.tokens(flat).unflatten(0, (B, V))
+        colour, value = self.vision.tokens(torch.cat([flat, value_image(flat)])).chunk(2)   # one tower pass for both
+        return torch.cat([colour, value], -1).unflatten(0, (B, V))
 
     def visual_tokens(self, images: Tensor | None = None, features: Tensor | None = None) -> Tensor:
         "Visual tokens `(B, n_visual, lm_width)` from images `(B, 3, S, S)` or from their precomputed `features`."

@@ -21,9 +21,9 @@ from .vqa import VQASet, make_vqa, encode_question, EOS, FAMILIES, chance
 from .vlm_train import VLMTrainConfig, train_vlm, load_vlm
 
 # %% auto #0
-__all__ = ['VLM_DEMO', 'VLM_DEMO_TRAIN', 'BLIND_STEPS', 'VARIANTS', 'answer', 'vqa_accuracy', 'evaluate_vlm', 'vqa_table',
-           'plot_answers', 'vlm_demo', 'vlm_report', 'run_arm', 'run_variants', 'variants_table', 'ask', 'add_vlm_args',
-           'run_vlm']
+__all__ = ['VLM_DEMO_V1', 'VLM_DEMO_V1_TRAIN', 'VLM_DEMO', 'VLM_DEMO_TRAIN', 'BLIND_STEPS', 'VARIANTS', 'answer', 'vqa_accuracy',
+           'evaluate_vlm', 'vqa_table', 'plot_answers', 'vlm_demo', 'vlm_report', 'run_arm', 'run_variants',
+           'variants_table', 'ask', 'add_vlm_args', 'vlm_demo_configs', 'run_vlm']
 
 # %% ../nbs/08_vlm_eval.ipynb #f7f91c43
 @torch.no_grad()
@@ -102,8 +102,10 @@ def plot_answers(model: VLM, tok: Tokenizer, data: VQASet, idx: list[int], ncols
     return fig
 
 # %% ../nbs/08_vlm_eval.ipynb #e71c4122
-VLM_DEMO = VLMConfig(mode='full')                                        # the tower trains too: see the variants
-VLM_DEMO_TRAIN = VLMTrainConfig(out_dir='runs/vlm_demo', vision_lr=1e-3)
+VLM_DEMO_V1 = VLMConfig(mode='full')                                     # the tower trains too: see the variants
+VLM_DEMO_V1_TRAIN = VLMTrainConfig(out_dir='runs/vlm_demo', vision_lr=1e-3)
+VLM_DEMO = dataclasses.replace(VLM_DEMO_V1, value_view=True, lm_depth=3)  # measured at the end of this notebook
+VLM_DEMO_TRAIN = dataclasses.replace(VLM_DEMO_V1_TRAIN, schedule='wsd')
 BLIND_STEPS = 300   # the blind model only learns the answer prior: its loss stops falling within a few hundred steps
 
 def vlm_demo(siglip: str | Path = 'runs/demo', out: str | Path = 'runs/vlm_demo', vlm_cfg: VLMConfig = VLM_DEMO,
@@ -232,7 +234,16 @@ def add_vlm_args(parser: argparse.ArgumentParser) -> None:
     p.add_argument('--out', default=VLM_DEMO_TRAIN.out_dir, help=f'run folder (default: {VLM_DEMO_TRAIN.out_dir})')
     for name in ('steps', 'seed', 'device'):
         p.add_argument('--' + name, type=type(getattr(VLM_DEMO_TRAIN, name)), default=getattr(VLM_DEMO_TRAIN, name))
+    p.add_argument('--schedule', choices=SCHEDULES, default=VLM_DEMO_TRAIN.schedule, help='learning-rate schedule')
+    p.add_argument('--value-view', action=argparse.BooleanOptionalAction, default=VLM_DEMO.value_view,
+                   help="also show the tower each image without its hue (VLMConfig.value_view)")
     p.add_argument('--n-eval', type=int, default=500, help='validation images per split')
+
+def vlm_demo_configs(args: argparse.Namespace) -> tuple[VLMConfig, VLMTrainConfig]:
+    "The VLM demo recipe (`VLM_DEMO`, `VLM_DEMO_TRAIN`) with the knobs `minisiglip vlm demo` takes as flags."
+    return (dataclasses.replace(VLM_DEMO, value_view=args.value_view),
+            dataclasses.replace(VLM_DEMO_TRAIN, steps=args.steps, seed=args.seed, device=args.device,
+                                schedule=args.schedule))
 
 def run_vlm(args: argparse.Namespace) -> int:
     "`minisiglip vlm SUBCOMMAND` (bad input reaches the user as one line through `cli.main`)."
@@ -247,7 +258,6 @@ def run_vlm(args: argparse.Namespace) -> int:
             metrics = evaluate_vlm(model, tok, args.n_eval, seed=args.seed)
             print(vqa_table(metrics, 'seen') + '\n\n' + vqa_table(metrics, 'held_out'))
     else:
-        cfg = dataclasses.replace(VLM_DEMO_TRAIN, steps=args.steps, seed=args.seed, device=args.device)
-        metrics = vlm_demo(args.siglip, args.out, train_cfg=cfg, n_eval=args.n_eval)
+        metrics = vlm_demo(args.siglip, args.out, *vlm_demo_configs(args), n_eval=args.n_eval)
         print(vlm_report(metrics) + f'\nrun folder: {args.out}')
     return 0
