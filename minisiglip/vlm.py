@@ -218,12 +218,12 @@ class VLM(nn.Module):
     def __init__(self, cfg: VLMConfig, vision: ViT):
         super().__init__()
         self.cfg, self.vision = cfg, copy.deepcopy(vision)
-        d_patch = self.vision.pos.shape[-1] * (2 if cfg.value_view else 1)   # a patch's features, hue-free half too
-        self.connector = CONNECTORS[cfg.connector](d_patch, cfg.lm_width, self.vision.grid, cfg)
+        self.d_patch = self.vision.pos.shape[-1] * (2 if cfg.value_view else 1)   # with the hue-free half
+        self.connector = CONNECTORS[cfg.connector](self.d_patch, cfg.lm_width, self.vision.grid, cfg)
         n_views = 5 if cfg.split_image else 1
         self.view = nn.Parameter(torch.zeros(n_views, 1, cfg.lm_width)) if cfg.split_image else None
         self.n_visual = 0 if cfg.fusion == 'none' else n_views * self.connector.n_tokens
-        self.xy = nn.Linear(2, d_patch) if cfg.patch_xy else None
+        self.xy = nn.Linear(2, self.d_patch) if cfg.patch_xy else None
         self.register_buffer('grid_xy', patch_centres(self.vision.grid), persistent=False)
         in_sequence = self.n_visual if cfg.fusion == 'prefix' else 0
         self.lm = TinyLM(cfg.vocab_size, cfg.lm_width, cfg.lm_depth, cfg.lm_heads, cfg.max_text_len + in_sequence,
@@ -248,6 +248,9 @@ class VLM(nn.Module):
         "Visual tokens `(B, n_visual, lm_width)` from images `(B, 3, S, S)` or from their precomputed `features`."
         if features is None: features = self.features(images)
         B, V, S, D = features.shape
+        if D != self.d_patch:
+            raise ValueError(f"features are {D} wide, this VLM's patches {self.d_patch} (value_view="
+                             f"{self.cfg.value_view}): were they made by a model with another value_view?")
         if self.xy is not None: features = features + self.xy(self.grid_xy)   # where each patch is, explicitly
         vis = self.connector(features.flatten(0, 1)).unflatten(0, (B, V))   # (B, V, k, width)
         if self.view is not None: vis = vis + self.view

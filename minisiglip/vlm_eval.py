@@ -236,7 +236,8 @@ def add_vlm_args(parser: argparse.ArgumentParser) -> None:
         p.add_argument('--' + name, type=type(getattr(VLM_DEMO_TRAIN, name)), default=getattr(VLM_DEMO_TRAIN, name))
     p.add_argument('--schedule', choices=SCHEDULES, default=VLM_DEMO_TRAIN.schedule, help='learning-rate schedule')
     p.add_argument('--value-view', action=argparse.BooleanOptionalAction, default=VLM_DEMO.value_view,
-                   help="also show the tower each image without its hue (VLMConfig.value_view)")
+                   help="also show the tower each image without its hue (VLMConfig.value_view); --no-value-view "
+                        "keeps the demo's 3 LM blocks, so it is not the first recipe VLM_DEMO_V1")
     p.add_argument('--n-eval', type=int, default=500, help='validation images per split')
 
 def vlm_demo_configs(args: argparse.Namespace) -> tuple[VLMConfig, VLMTrainConfig]:
