@@ -22,8 +22,8 @@ from .vlm_train import VLMTrainConfig, train_vlm, load_vlm
 
 # %% auto #0
 __all__ = ['VLM_DEMO_V1', 'VLM_DEMO_V1_TRAIN', 'VLM_DEMO', 'VLM_DEMO_TRAIN', 'BLIND_STEPS', 'VARIANTS', 'answer', 'vqa_accuracy',
-           'evaluate_vlm', 'vqa_table', 'plot_answers', 'vlm_demo', 'vlm_report', 'run_arm', 'run_variants',
-           'variants_table', 'ask', 'add_vlm_args', 'vlm_demo_configs', 'run_vlm']
+           'evaluate_vlm', 'vqa_table', 'plot_answers', 'vlm_demo', 'vlm_report', 'apply_overrides', 'run_arm',
+           'run_variants', 'variants_table', 'ask', 'add_vlm_args', 'vlm_demo_configs', 'run_vlm']
 
 # %% ../nbs/08_vlm_eval.ipynb #f7f91c43
 @torch.no_grad()
@@ -164,21 +164,26 @@ VARIANTS = {
     'frozen tower': dict(mode='frozen'),
 }
 
+def apply_overrides(base: VLMConfig, train_cfg: VLMTrainConfig, overrides: dict,
+                    **train_fields) -> tuple[VLMConfig, VLMTrainConfig]:
+    "`base` and `train_cfg` changed by `overrides`, each to the dataclass that has the field, then by `train_fields`."
+    vlm_fields = {f.name for f in dataclasses.fields(VLMConfig)}
+    return (dataclasses.replace(base, **{k: v for k, v in overrides.items() if k in vlm_fields}),
+            dataclasses.replace(train_cfg, **{**{k: v for k, v in overrides.items() if k not in vlm_fields},
+                                              **train_fields}))
+
 def run_arm(overrides: dict, siglip: str | Path = 'runs/demo', seed: int = 0, lr_scale: float = 1.,
             base: VLMConfig = VLM_DEMO, train_cfg: VLMTrainConfig = VLM_DEMO_TRAIN, n_eval: int = 500) -> dict:
     """Train the recipe `base` + `train_cfg` changed by `overrides` (fields of `VLMConfig` or `VLMTrainConfig`, `siglip`
     included) with every learning rate times `lr_scale`, and evaluate it on `n_eval` fresh scenes per split: one row of
     an ablation. A run stopped by a non-finite loss or gradient is a row too, with `diverged` saying where."""
-    vlm_fields = {f.name for f in dataclasses.fields(VLMConfig)}
     work = Path(tempfile.mkdtemp())
-    cfg = dataclasses.replace(train_cfg, **{'siglip': str(siglip), 'seed': seed,
-                                            **{k: v for k, v in overrides.items() if k not in vlm_fields}},
-                              out_dir=str(work / 'vlm'))
+    vlm_cfg, cfg = apply_overrides(base, train_cfg, {'siglip': str(siglip), 'seed': seed, **overrides},
+                                   out_dir=str(work / 'vlm'))
     cfg = dataclasses.replace(cfg, lr=cfg.lr * lr_scale, connector_lr=cfg.connector_lr * lr_scale,
                               vision_lr=cfg.vision_lr * lr_scale)
     row = {'overrides': overrides, 'seed': seed, 'lr_scale': lr_scale, 'steps': cfg.steps}
-    try: model, tok, state = train_vlm(cfg, dataclasses.replace(base, **{k: v for k, v in overrides.items()
-                                                                         if k in vlm_fields}))
+    try: model, tok, state = train_vlm(cfg, vlm_cfg)
     except FloatingPointError as e: return {**row, 'diverged': str(e)}
     finally: shutil.rmtree(work, ignore_errors=True)
     ev = evaluate_vlm(model, tok, n_eval, seed=seed)
