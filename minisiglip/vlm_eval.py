@@ -23,7 +23,7 @@ from .vlm_train import VLMTrainConfig, train_vlm, load_vlm
 # %% auto #0
 __all__ = ['VLM_DEMO_V1', 'VLM_DEMO_V1_TRAIN', 'VLM_DEMO', 'VLM_DEMO_TRAIN', 'BLIND_STEPS', 'VARIANTS', 'answer', 'vqa_accuracy',
            'evaluate_vlm', 'vqa_table', 'plot_answers', 'vlm_demo', 'vlm_report', 'apply_overrides', 'run_arm',
-           'run_variants', 'variants_table', 'ask', 'add_vlm_args', 'vlm_demo_configs', 'run_vlm']
+           'run_variants', 'variants_table', 'relation_outcomes', 'ask', 'add_vlm_args', 'vlm_demo_configs', 'run_vlm']
 
 # %% ../nbs/08_vlm_eval.ipynb #f7f91c43
 @torch.no_grad()
@@ -206,6 +206,22 @@ def variants_table(rows: dict[str, dict]) -> str:
                            f"{pct(r['held_out']['overall'])} | "
                            + ' | '.join(pct(r['held_out'][f]) for f in FAMILIES) + ' |')
     return '\n'.join(head + [row(name, r) for name, r in rows.items()])
+
+# %% ../nbs/08_vlm_eval.ipynb #810e8d69
+def relation_outcomes(model: VLM, tok: Tokenizer, n_images: int = 1000, seed: int = 0) -> dict[int, dict[str, int]]:
+    """Greedy answers to the relation questions about `n_images` fresh `seen` scenes, by the scene's object count:
+    `n` questions, `right`, and the wrong ones by what they name: the `reference` (the object the question names),
+    the `third object` (the scene's other object, in another direction) or a name `absent` from the scene."""
+    data = make_vqa(n_images, 'seen', seed=seed, image_size=model.vision.image_size, families=('relation',))
+    preds = answer(model, tok, data.questions, images=data.images[data.image])
+    out = {}
+    for question, truth, pred, i in zip(data.questions, data.answers, preds, data.image.tolist()):
+        names = {f"{o['colour']} {o['shape']}" for o in data.scenes[i]}
+        kind = ('right' if pred == truth else 'reference' if pred == question.rsplit(' the ', 1)[1]
+                else 'third object' if pred in names else 'absent')
+        counts = out.setdefault(len(names), dict.fromkeys(('n', 'right', 'reference', 'third object', 'absent'), 0))
+        counts['n'] += 1; counts[kind] += 1
+    return out
 
 # %% ../nbs/08_vlm_eval.ipynb #0f8b3044
 def ask(run: str | Path, image: str | Path, question: str, device: str = 'cpu') -> str:

@@ -22,7 +22,7 @@ from .hf import load_siglip
 from .vqa import VQASet, make_vqa, vqa_tokenizer, encode_question, EOS, FAMILIES
 
 # %% auto #0
-__all__ = ['IGNORE', 'encode_qa', 'take_rows', 'answer_loss', 'parse_family_weights', 'VLMTrainConfig', 'part_of',
+__all__ = ['IGNORE', 'encode_qa', 'take_rows', 'answer_loss', 'parse_per_family', 'VLMTrainConfig', 'part_of',
            'make_vlm_optimizer', 'load_tower', 'precompute_features', 'questions_of', 'patch_features', 'train_vlm',
            'load_vlm', 'load_prior', 'prior_log_probs']
 
@@ -57,16 +57,16 @@ def answer_loss(logits: Tensor, targets: Tensor, weights: Tensor | None = None) 
     return (token * w).sum() / w.sum()
 
 # %% ../nbs/07b_vlm_train.ipynb #79f6eb68
-def parse_family_weights(spec: str) -> dict[str, float]:
-    "'position=4,relation=2' -> {'position': 4.0, 'relation': 2.0}; a `ValueError` naming a bad family or weight."
+def parse_per_family(spec: str, field: str = 'family_weights', least: float = 0.) -> dict[str, float]:
+    """'position=4,relation=2' -> {'position': 4.0, 'relation': 2.0}: a number per family, as `family_weights` and
+    `questions_per_image` take them; a `ValueError` naming `field` and the bad family or number (under `least`)."""
     out = {}
     for item in filter(None, spec.split(',')):
-        family, _, weight = item.partition('=')
-        if family not in FAMILIES:
-            raise ValueError(f"family_weights: unknown family {family!r}; choose from {FAMILIES}")
-        try: out[family] = float(weight)
-        except ValueError: raise ValueError(f"family_weights: {item!r} is not family=number") from None
-        if out[family] < 0: raise ValueError(f"family_weights: the weight of {family} must be >= 0, got {weight}")
+        family, _, number = item.partition('=')
+        if family not in FAMILIES: raise ValueError(f"{field}: unknown family {family!r}; choose from {FAMILIES}")
+        try: out[family] = float(number)
+        except ValueError: raise ValueError(f"{field}: {item!r} is not family=number") from None
+        if out[family] < least: raise ValueError(f"{field}: the number of {family} must be >= {least:g}, got {number}")
     return out
 
 @dataclass
@@ -86,6 +86,7 @@ class VLMTrainConfig:
     grad_clip: float = 1.0        # max global gradient norm
     n_images: int = 8000          # training scenes; each gets one question per family that applies (about 5)
     family_weights: str = 'position=4'  # loss weight of some question families (others 1): see below
+    questions_per_image: str = ''  # up to this many different questions of a family per image (others 1): see below
     prior: str = ''               # a blind VLM run whose answer log-probabilities join the logits (see below)
     seed: int = 0                 # model init, scenes, questions and batch order
     device: str = 'cpu'           # 'cpu', 'cuda', 'cuda:1', ...
@@ -95,7 +96,9 @@ class VLMTrainConfig:
         check_schedule(self)
         for name in ('steps', 'batch_size', 'n_images'):
             if getattr(self, name) < 1: raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        parse_family_weights(self.family_weights)
+        parse_per_family(self.family_weights)
+        if any(n != int(n) for n in parse_per_family(self.questions_per_image, 'questions_per_image', 1).values()):
+            raise ValueError(f"questions_per_image: counts must be whole numbers, got {self.questions_per_image!r}")
 
 # %% ../nbs/07b_vlm_train.ipynb #9f783491
 def part_of(name: str) -> str:
@@ -162,8 +165,9 @@ def train_vlm(cfg: VLMTrainConfig, vlm_cfg: VLMConfig = VLMConfig()) -> tuple[VL
     if cfg.random_tower: tower = ViT(tower_cfg)                       # PyTorch's init, where SigLIP training starts
     model = VLM(vlm_cfg, tower).to(device).train()
     prior = load_prior(cfg.prior, tok, device) if cfg.prior else None
-    data = make_vqa(cfg.n_images, 'train', seed=cfg.seed, image_size=tower.image_size)
-    weight_of = parse_family_weights(cfg.family_weights)
+    per_image = {f: int(n) for f, n in parse_per_family(cfg.questions_per_image, 'questions_per_image', 1).items()}
+    data = make_vqa(cfg.n_images, 'train', seed=cfg.seed, image_size=tower.image_size, per_image=per_image)
+    weight_of = parse_per_family(cfg.family_weights)
     weights = torch.tensor([weight_of.get(f, 1.) for f in data.families])
     t0 = time.perf_counter()
     frozen = vlm_cfg.mode == 'frozen' and vlm_cfg.fusion != 'none'
