@@ -22,9 +22,9 @@ from .hf import load_siglip
 from .vqa import VQASet, make_vqa, vqa_tokenizer, encode_question, EOS, FAMILIES
 
 # %% auto #0
-__all__ = ['IGNORE', 'encode_qa', 'take_rows', 'answer_loss', 'parse_per_family', 'VLMTrainConfig', 'part_of',
-           'make_vlm_optimizer', 'load_tower', 'precompute_features', 'questions_of', 'patch_features', 'train_vlm',
-           'load_vlm', 'load_prior', 'prior_log_probs']
+__all__ = ['IGNORE', 'encode_qa', 'take_rows', 'answer_loss', 'parse_per_family', 'VLMTrainConfig', 'keep_relations_from',
+           'part_of', 'make_vlm_optimizer', 'load_tower', 'precompute_features', 'questions_of', 'patch_features',
+           'train_vlm', 'load_vlm', 'load_prior', 'prior_log_probs']
 
 # %% ../nbs/07b_vlm_train.ipynb #152acdf3
 IGNORE = -100   # F.cross_entropy's default ignore_index: positions that are not scored
@@ -87,6 +87,7 @@ class VLMTrainConfig:
     n_images: int = 8000          # training scenes; each gets one question per family that applies (about 5)
     family_weights: str = 'position=4'  # loss weight of some question families (others 1): see below
     questions_per_image: str = ''  # up to this many different questions of a family per image (others 1): see below
+    relation_min_objects: int = 2  # relation questions only about scenes with at least this many objects: see below
     prior: str = ''               # a blind VLM run whose answer log-probabilities join the logits (see below)
     seed: int = 0                 # model init, scenes, questions and batch order
     device: str = 'cpu'           # 'cpu', 'cuda', 'cuda:1', ...
@@ -97,8 +98,16 @@ class VLMTrainConfig:
         for name in ('steps', 'batch_size', 'n_images'):
             if getattr(self, name) < 1: raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         parse_per_family(self.family_weights)
+        if self.relation_min_objects < 2:
+            raise ValueError(f"relation_min_objects must be >= 2 (two objects), got {self.relation_min_objects}")
         if any(n != int(n) for n in parse_per_family(self.questions_per_image, 'questions_per_image', 1).values()):
             raise ValueError(f"questions_per_image: counts must be whole numbers, got {self.questions_per_image!r}")
+
+# %% ../nbs/07b_vlm_train.ipynb #5f433890
+def keep_relations_from(data: VQASet, min_objects: int) -> VQASet:
+    "`data` without its relation questions about scenes of fewer than `min_objects` objects (every image kept)."
+    return data.subset([i for i, (family, image) in enumerate(zip(data.families, data.image.tolist()))
+                        if family != 'relation' or len(data.scenes[image]) >= min_objects])
 
 # %% ../nbs/07b_vlm_train.ipynb #9f783491
 def part_of(name: str) -> str:
@@ -166,7 +175,8 @@ def train_vlm(cfg: VLMTrainConfig, vlm_cfg: VLMConfig = VLMConfig()) -> tuple[VL
     model = VLM(vlm_cfg, tower).to(device).train()
     prior = load_prior(cfg.prior, tok, device) if cfg.prior else None
     per_image = {f: int(n) for f, n in parse_per_family(cfg.questions_per_image, 'questions_per_image', 1).items()}
-    data = make_vqa(cfg.n_images, 'train', seed=cfg.seed, image_size=tower.image_size, per_image=per_image)
+    data = keep_relations_from(make_vqa(cfg.n_images, 'train', seed=cfg.seed, image_size=tower.image_size,
+                                        per_image=per_image), cfg.relation_min_objects)
     weight_of = parse_per_family(cfg.family_weights)
     weights = torch.tensor([weight_of.get(f, 1.) for f in data.families])
     t0 = time.perf_counter()
