@@ -208,12 +208,10 @@ def variants_table(rows: dict[str, dict]) -> str:
     return '\n'.join(head + [row(name, r) for name, r in rows.items()])
 
 # %% ../nbs/08_vlm_eval.ipynb #810e8d69
-def relation_outcomes(model: VLM, tok: Tokenizer, n_images: int = 1000, seed: int = 0) -> dict[int, dict[str, int]]:
-    """Greedy answers to the relation questions about `n_images` fresh `seen` scenes, by the scene's object count:
-    `n` questions, `right`, and the wrong ones by what they name: the `reference` (the object the question names),
-    the `third object` (the scene's other object, in another direction) or a name `absent` from the scene."""
-    data = make_vqa(n_images, 'seen', seed=seed, image_size=model.vision.image_size, families=('relation',))
-    preds = answer(model, tok, data.questions, images=data.images[data.image])
+def relation_outcomes(data: VQASet, preds: list[str]) -> dict[int, dict[str, int]]:
+    """Answers `preds` to the relation questions `data`, by the scene's object count: `n` questions, `right`, and the
+    wrong ones by what they name: the `reference` (the object the question names), the `third object` (the scene's
+    other object, in another direction) or a name `absent` from the scene."""
     out = {}
     for question, truth, pred, i in zip(data.questions, data.answers, preds, data.image.tolist()):
         names = {f"{o['colour']} {o['shape']}" for o in data.scenes[i]}

@@ -22,9 +22,9 @@ from .hf import load_siglip
 from .vqa import VQASet, make_vqa, vqa_tokenizer, encode_question, EOS, FAMILIES
 
 # %% auto #0
-__all__ = ['IGNORE', 'encode_qa', 'take_rows', 'answer_loss', 'parse_per_family', 'VLMTrainConfig', 'keep_relations_from',
-           'part_of', 'make_vlm_optimizer', 'load_tower', 'precompute_features', 'questions_of', 'patch_features',
-           'train_vlm', 'load_vlm', 'load_prior', 'prior_log_probs']
+__all__ = ['IGNORE', 'encode_qa', 'take_rows', 'answer_loss', 'parse_per_family', 'VLMTrainConfig', 'prune_relations', 'part_of',
+           'make_vlm_optimizer', 'load_tower', 'precompute_features', 'questions_of', 'patch_features', 'train_vlm',
+           'load_vlm', 'load_prior', 'prior_log_probs']
 
 # %% ../nbs/07b_vlm_train.ipynb #152acdf3
 IGNORE = -100   # F.cross_entropy's default ignore_index: positions that are not scored
@@ -100,11 +100,17 @@ class VLMTrainConfig:
         parse_per_family(self.family_weights)
         if self.relation_min_objects < 2:
             raise ValueError(f"relation_min_objects must be >= 2 (two objects), got {self.relation_min_objects}")
-        if any(n != int(n) for n in parse_per_family(self.questions_per_image, 'questions_per_image', 1).values()):
+        self.per_image()
+
+    def per_image(self) -> dict[str, int]:
+        "`questions_per_image` as `make_vqa`'s `per_image`; a `ValueError` for a count under 1 or not whole."
+        counts = parse_per_family(self.questions_per_image, 'questions_per_image', least=1)
+        if any(n != int(n) for n in counts.values()):
             raise ValueError(f"questions_per_image: counts must be whole numbers, got {self.questions_per_image!r}")
+        return {family: int(n) for family, n in counts.items()}
 
 # %% ../nbs/07b_vlm_train.ipynb #5f433890
-def keep_relations_from(data: VQASet, min_objects: int) -> VQASet:
+def prune_relations(data: VQASet, min_objects: int) -> VQASet:
     "`data` without its relation questions about scenes of fewer than `min_objects` objects (every image kept)."
     return data.subset([i for i, (family, image) in enumerate(zip(data.families, data.image.tolist()))
                         if family != 'relation' or len(data.scenes[image]) >= min_objects])
@@ -174,9 +180,8 @@ def train_vlm(cfg: VLMTrainConfig, vlm_cfg: VLMConfig = VLMConfig()) -> tuple[VL
     if cfg.random_tower: tower = ViT(tower_cfg)                       # PyTorch's init, where SigLIP training starts
     model = VLM(vlm_cfg, tower).to(device).train()
     prior = load_prior(cfg.prior, tok, device) if cfg.prior else None
-    per_image = {f: int(n) for f, n in parse_per_family(cfg.questions_per_image, 'questions_per_image', 1).items()}
-    data = keep_relations_from(make_vqa(cfg.n_images, 'train', seed=cfg.seed, image_size=tower.image_size,
-                                        per_image=per_image), cfg.relation_min_objects)
+    data = prune_relations(make_vqa(cfg.n_images, 'train', seed=cfg.seed, image_size=tower.image_size,
+                                    per_image=cfg.per_image()), cfg.relation_min_objects)
     weight_of = parse_per_family(cfg.family_weights)
     weights = torch.tensor([weight_of.get(f, 1.) for f in data.families])
     t0 = time.perf_counter()
