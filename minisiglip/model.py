@@ -13,8 +13,8 @@ from torch import Tensor
 from .losses import ScaleBias
 
 # %% auto #0
-__all__ = ['ACTIVATIONS', 'TEXT_POOLING', 'PRESETS', 'SigLIPConfig', 'KVCache', 'causal_mask', 'Attention', 'mlp', 'Block',
-           'MAPHead', 'Encoder', 'conv_stem', 'ViT', 'TextTransformer', 'SigLIP']
+__all__ = ['ACTIVATIONS', 'TEXT_POOLING', 'PRESETS', 'SigLIPConfig', 'KVCache', 'attend', 'causal_mask', 'Attention', 'mlp',
+           'Block', 'MAPHead', 'Encoder', 'conv_stem', 'ViT', 'TextTransformer', 'SigLIP']
 
 # %% ../nbs/04_model.ipynb #17c35d89
 def _stem_halvings(patch_size: int) -> int:
@@ -108,6 +108,15 @@ class KVCache:
         "Keep the batch rows `index` (rows may repeat): one cached prefix then serves several sequences."
         self.k, self.v = self.k[index], self.v[index]
 
+def attend(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = None, dropout_p: float = 0.) -> Tensor:
+    """`F.scaled_dot_product_attention`, except that bfloat16 on a CPU runs it in float32: there PyTorch's bf16
+    attention backward is several times slower than float32's, while the projections around it gain from bf16."""
+    if q.device.type != 'cpu' or q.dtype != torch.bfloat16:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
+    with torch.autocast('cpu', enabled=False):
+        y = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=attn_mask, dropout_p=dropout_p)
+    return y.to(q.dtype)
+
 def causal_mask(n_queries: int, n_keys: int, device=None) -> Tensor:
     "`(Lq, Lk)` bool, True where query i may attend: queries are the *last* Lq positions (i sees keys 0..Lk-Lq+i)."
     return torch.ones(n_queries, n_keys, dtype=torch.bool, device=device).tril(n_keys - n_queries)
@@ -130,7 +139,7 @@ class Attention(nn.Module):
         if causal:
             tri = causal_mask(Lq, k.shape[2], xq.device)
             attn_mask = tri if attn_mask is None else attn_mask & tri
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.)
+        y = attend(q, k, v, attn_mask, self.dropout if self.training else 0.)
         return self.proj(y.transpose(1, 2).reshape(B, Lq, D))
 
 # %% ../nbs/04_model.ipynb #dbd02887

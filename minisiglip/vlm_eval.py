@@ -18,12 +18,13 @@ from .data import Tokenizer, read_image
 from .train import latest_checkpoint
 from .vlm import VLM, VLMConfig, CONNECTORS, FUSIONS, MODES
 from .vqa import VQASet, make_vqa, encode_question, EOS, FAMILIES, chance
-from .vlm_train import VLMTrainConfig, train_vlm, load_vlm
+from .vlm_train import VLMTrainConfig, VLM_PRECISIONS, train_vlm, load_vlm
 
 # %% auto #0
-__all__ = ['VLM_DEMO_V1', 'VLM_DEMO_V1_TRAIN', 'VLM_DEMO', 'VLM_DEMO_TRAIN', 'BLIND_STEPS', 'VARIANTS', 'answer', 'vqa_accuracy',
-           'evaluate_vlm', 'vqa_table', 'plot_answers', 'vlm_demo', 'vlm_report', 'apply_overrides', 'run_arm',
-           'run_variants', 'variants_table', 'relation_outcomes', 'ask', 'add_vlm_args', 'vlm_demo_configs', 'run_vlm']
+__all__ = ['VLM_DEMO_V1', 'VLM_DEMO_V1_TRAIN', 'VLM_DEMO', 'VLM_DEMO_TRAIN', 'DEMO_PRECISION', 'BLIND_STEPS', 'VARIANTS',
+           'answer', 'vqa_accuracy', 'evaluate_vlm', 'vqa_table', 'plot_answers', 'vlm_demo', 'vlm_report',
+           'apply_overrides', 'run_arm', 'run_variants', 'variants_table', 'relation_outcomes', 'ask', 'add_vlm_args',
+           'vlm_demo_configs', 'run_vlm']
 
 # %% ../nbs/08_vlm_eval.ipynb #f7f91c43
 @torch.no_grad()
@@ -106,6 +107,7 @@ VLM_DEMO_V1 = VLMConfig(mode='full')                                     # the t
 VLM_DEMO_V1_TRAIN = VLMTrainConfig(out_dir='runs/vlm_demo', vision_lr=1e-3)
 VLM_DEMO = dataclasses.replace(VLM_DEMO_V1, value_view=True, lm_depth=3)  # measured at the end of this notebook
 VLM_DEMO_TRAIN = dataclasses.replace(VLM_DEMO_V1_TRAIN, schedule='wsd')
+DEMO_PRECISION = 'auto'   # `vlm demo` runs the recipe in bf16 where that is fast: see "Mixed precision" below
 BLIND_STEPS = 300   # the blind model only learns the answer prior: its loss stops falling within a few hundred steps
 
 def vlm_demo(siglip: str | Path = 'runs/demo', out: str | Path = 'runs/vlm_demo', vlm_cfg: VLMConfig = VLM_DEMO,
@@ -128,6 +130,7 @@ def vlm_demo(siglip: str | Path = 'runs/demo', out: str | Path = 'runs/vlm_demo'
                                       dataclasses.replace(vlm_cfg, fusion='none', mode='frozen'))
     metrics = evaluate_vlm(model, tok, n_eval, seed=cfg.seed, blind=blind)
     metrics.update(visual_tokens=model.n_visual, wall_s=time.perf_counter() - t0, train_s=state['train_s'],
+                   precision=state['config']['precision'],
                    blind_train_s=blind_state['train_s'], steps=state['step'], final_loss=state['history']['loss'][-1],
                    blind_steps=blind_state['step'], blind_loss=_mean_loss(blind_state),
                    config=dataclasses.asdict(cfg), vlm_config=dataclasses.asdict(model.cfg))
@@ -145,8 +148,8 @@ def _mean_loss(state: dict, width: int = 50) -> list[float]:
 def vlm_report(metrics: dict) -> str:
     "A few lines summarising a VLM demo run."
     line = lambda name, acc: f"{name}: " + ', '.join(f'{k} {100 * v:.1f}%' for k, v in acc.items())
-    return '\n'.join([f"trained {metrics['steps']} steps in {metrics['train_s']:.0f} s (blind baseline "
-                      f"{metrics['blind_steps']} steps, {metrics['blind_train_s']:.0f} s; "
+    return '\n'.join([f"trained {metrics['steps']} steps in {metrics['train_s']:.0f} s in {metrics['precision']} "
+                      f"(blind baseline {metrics['blind_steps']} steps, {metrics['blind_train_s']:.0f} s; "
                       f"total {metrics['wall_s']:.0f} s), "
                       f"{metrics['visual_tokens']} visual tokens per image",
                       line('seen', metrics['vqa']), line('held_out', metrics['vqa_held_out']),
@@ -235,7 +238,7 @@ def add_vlm_args(parser: argparse.ArgumentParser) -> None:
     from minisiglip.train import add_dataclass_args, SCHEDULES
     sub = parser.add_subparsers(dest='vlm_command', metavar='SUBCOMMAND', required=True)
     p = sub.add_parser('train', help='train a VLM on the built-in VQA questions with a SigLIP run\'s image tower')
-    add_dataclass_args(p, VLMTrainConfig, choices={'schedule': SCHEDULES})
+    add_dataclass_args(p, VLMTrainConfig, choices={'schedule': SCHEDULES, 'precision': VLM_PRECISIONS})
     add_dataclass_args(p, VLMConfig, choices={'connector': tuple(CONNECTORS), 'fusion': FUSIONS, 'mode': MODES},
                        skip=('vocab_size', 'max_text_len'))
     p.add_argument('--out', dest='out_dir', help='alias of --out-dir')
@@ -257,13 +260,15 @@ def add_vlm_args(parser: argparse.ArgumentParser) -> None:
     p.add_argument('--value-view', action=argparse.BooleanOptionalAction, default=VLM_DEMO.value_view,
                    help="also show the tower each image without its hue (VLMConfig.value_view); --no-value-view "
                         "keeps the demo's 3 LM blocks, so it is not the first recipe VLM_DEMO_V1")
+    p.add_argument('--precision', choices=VLM_PRECISIONS, default=DEMO_PRECISION,
+                   help=f"default {DEMO_PRECISION}: bf16 autocast where the hardware multiplies bf16 fast, else fp32")
     p.add_argument('--n-eval', type=int, default=500, help='validation images per split')
 
 def vlm_demo_configs(args: argparse.Namespace) -> tuple[VLMConfig, VLMTrainConfig]:
     "The VLM demo recipe (`VLM_DEMO`, `VLM_DEMO_TRAIN`) with the knobs `minisiglip vlm demo` takes as flags."
     return (dataclasses.replace(VLM_DEMO, value_view=args.value_view),
             dataclasses.replace(VLM_DEMO_TRAIN, steps=args.steps, seed=args.seed, device=args.device,
-                                schedule=args.schedule))
+                                schedule=args.schedule, precision=args.precision))
 
 def run_vlm(args: argparse.Namespace) -> int:
     "`minisiglip vlm SUBCOMMAND` (bad input reaches the user as one line through `cli.main`)."

@@ -22,9 +22,10 @@ from .hf import load_siglip
 from .vqa import VQASet, make_vqa, vqa_tokenizer, encode_question, EOS, FAMILIES
 
 # %% auto #0
-__all__ = ['IGNORE', 'encode_qa', 'take_rows', 'answer_loss', 'parse_per_family', 'VLMTrainConfig', 'prune_relations', 'part_of',
-           'make_vlm_optimizer', 'load_tower', 'precompute_features', 'questions_of', 'patch_features', 'train_vlm',
-           'load_vlm', 'load_prior', 'prior_log_probs']
+__all__ = ['IGNORE', 'VLM_PRECISIONS', 'encode_qa', 'take_rows', 'answer_loss', 'parse_per_family', 'VLMTrainConfig',
+           'prune_relations', 'part_of', 'make_vlm_optimizer', 'fast_bf16', 'resolve_precision', 'load_tower',
+           'precompute_features', 'questions_of', 'patch_features', 'train_vlm', 'load_vlm', 'load_prior',
+           'prior_log_probs']
 
 # %% ../nbs/07b_vlm_train.ipynb #152acdf3
 IGNORE = -100   # F.cross_entropy's default ignore_index: positions that are not scored
@@ -69,6 +70,8 @@ def parse_per_family(spec: str, field: str = 'family_weights', least: float = 0.
         if out[family] < least: raise ValueError(f"{field}: the number of {family} must be >= {least:g}, got {number}")
     return out
 
+VLM_PRECISIONS = ('fp32', 'bf16', 'auto')
+
 @dataclass
 class VLMTrainConfig:
     "How a VLM is trained; saved in its checkpoint beside the `VLMConfig`."
@@ -89,6 +92,7 @@ class VLMTrainConfig:
     questions_per_image: str = ''  # up to this many different questions of a family per image (others 1): see below
     relation_min_objects: int = 2  # relation questions only about scenes with at least this many objects: see below
     prior: str = ''               # a blind VLM run whose answer log-probabilities join the logits (see below)
+    precision: str = 'fp32'       # 'fp32', 'bf16' (the forward under bfloat16 autocast) or 'auto': see below
     seed: int = 0                 # model init, scenes, questions and batch order
     device: str = 'cpu'           # 'cpu', 'cuda', 'cuda:1', ...
     out_dir: str = 'runs/vlm'     # where the checkpoint goes
@@ -98,6 +102,8 @@ class VLMTrainConfig:
         for name in ('steps', 'batch_size', 'n_images'):
             if getattr(self, name) < 1: raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         parse_per_family(self.family_weights)
+        if self.precision not in VLM_PRECISIONS:
+            raise ValueError(f"precision must be one of {VLM_PRECISIONS}, got {self.precision!r}")
         if self.relation_min_objects < 2:
             raise ValueError(f"relation_min_objects must be >= 2 (two objects), got {self.relation_min_objects}")
         self.per_image()
@@ -131,6 +137,17 @@ def make_vlm_optimizer(model: VLM, cfg: VLMTrainConfig) -> torch.optim.AdamW:
         groups.setdefault((part, decay), {'params': [], 'weight_decay': cfg.weight_decay if decay else 0.,
                                           'lr_scale': part_lr[part] / cfg.lr, 'part': part})['params'].append(p)
     return torch.optim.AdamW(list(groups.values()), lr=cfg.lr, betas=(0.9, 0.95))
+
+# %% ../nbs/07b_vlm_train.ipynb #4e6e3d52
+def fast_bf16(device: torch.device) -> bool:
+    "Whether bfloat16 matrix products are fast on `device`: a GPU that supports them, or a CPU with AMX tiles."
+    if device.type == 'cuda': return torch.cuda.is_bf16_supported()
+    return device.type == 'cpu' and getattr(torch.cpu, '_is_amx_tile_supported', lambda: False)()
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    "`precision` with 'auto' decided for `device`: 'bf16' where `fast_bf16`, else 'fp32'."
+    if precision != 'auto': return precision
+    return 'bf16' if fast_bf16(device) else 'fp32'
 
 # %% ../nbs/07b_vlm_train.ipynb #82f26a4c
 def load_tower(path: str | Path) -> tuple[ViT, SigLIPConfig]:
@@ -172,6 +189,7 @@ def patch_features(model: VLM, data: VQASet, images: Tensor, cached: Tensor | No
 def train_vlm(cfg: VLMTrainConfig, vlm_cfg: VLMConfig = VLMConfig()) -> tuple[VLM, Tokenizer, dict]:
     "Train a VLM on the built-in VQA questions with the tower of `cfg.siglip`; checkpoint to `cfg.out_dir`."
     device, tok = torch.device(cfg.device), vqa_tokenizer()
+    cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, device))   # the checkpoint says which
     vlm_cfg = dataclasses.replace(vlm_cfg, vocab_size=tok.vocab_size, max_text_len=tok.context_length)
     tower, tower_cfg = load_tower(cfg.siglip)
     if latest_checkpoint(cfg.out_dir) is not None and Path(cfg.out_dir).resolve() != Path(cfg.siglip).resolve():
@@ -200,8 +218,9 @@ def train_vlm(cfg: VLMTrainConfig, vlm_cfg: VLMConfig = VLMConfig()) -> tuple[VL
         lr = lr_at(step, cfg)
         for group in optimizer.param_groups: group['lr'] = lr * group['lr_scale']
         images, image_of = data.image[idx].unique(return_inverse=True)
-        logits = model(ids.to(device), features=patch_features(model, data, images, features, device),
-                       image_of=image_of.to(device))
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == 'bf16'):
+            logits = model(ids.to(device), features=patch_features(model, data, images, features, device),
+                           image_of=image_of.to(device)).float()
         if prior is not None: logits = logits + prior_log_probs(prior, ids.to(device))   # a product of experts
         loss = answer_loss(logits, targets.to(device), weights[idx].to(device))
         check_finite(step, 1, loss=loss.detach())

@@ -1,5 +1,6 @@
 "The `minisiglip` console script, as a user runs it."
 import subprocess
+import torch
 
 from minisiglip.cli import COMMANDS
 
@@ -26,20 +27,22 @@ def test_losses_prints_a_table(run_env):
 
 
 def test_vlm_train_and_ask(run_env, tmp_path):
-    """`vlm train` (one ablation arm, evaluated) on a 2-step SigLIP run, then `vlm ask`: the answer is the last line;
-    bad input is one line, exit 2."""
+    """`vlm train` (one ablation arm in bf16, evaluated) on a 2-step SigLIP run, then `vlm ask`: the answer is the
+    last line; bad input is one line, exit 2."""
     siglip, vlm = tmp_path / 'siglip', tmp_path / 'vlm'
     res = minisiglip('train', '--preset', 'tiny_wide', '--steps', '2', '--batch-size', '16', '--n-train', '64',
                      '--eval-every', '0', '--out', str(siglip), env=run_env)
     assert res.returncode == 0, res.stderr
     res = minisiglip('vlm', 'train', '--siglip', str(siglip), '--steps', '3', '--n-images', '50', '--batch-size', '16',
                      '--connector', 'perceiver', '--latents', '4', '--mode', 'lora', '--out', str(vlm), '--n-eval', '20',
-                     env=run_env)
+                     '--precision', 'bf16', env=run_env)
     assert res.returncode == 0, res.stderr
     assert 'checkpoint in' in res.stdout
     assert '| family (seen) | VLM |' in res.stdout and '| family (held_out) | VLM |' in res.stdout   # one arm, evaluated
     from minisiglip.vlm_train import load_vlm
-    assert load_vlm(vlm)[0].n_visual == 4                         # --latents is the perceiver's number of latents
+    model, _, state = load_vlm(vlm)
+    assert model.n_visual == 4                                    # --latents is the perceiver's number of latents
+    assert state['config']['precision'] == 'bf16' and all(p.dtype == torch.float32 for p in model.parameters())
     from minisiglip.data import ShapesDataset
     from torchvision.utils import save_image
     image = tmp_path / 'scene.png'
