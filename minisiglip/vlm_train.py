@@ -140,8 +140,8 @@ def make_vlm_optimizer(model: VLM, cfg: VLMTrainConfig) -> torch.optim.AdamW:
 
 # %% ../nbs/07b_vlm_train.ipynb #4e6e3d52
 def fast_bf16(device: torch.device) -> bool:
-    "Whether bfloat16 matrix products are fast on `device`: a GPU that supports them, or a CPU with AMX tiles."
-    if device.type == 'cuda': return torch.cuda.is_bf16_supported()
+    "Whether bfloat16 matrix products are fast on `device`: a GPU of compute capability 8+, or a CPU with AMX tiles."
+    if device.type == 'cuda': return torch.cuda.get_device_capability(device)[0] >= 8   # V100/T4 only emulate bf16
     return device.type == 'cpu' and getattr(torch.cpu, '_is_amx_tile_supported', lambda: False)()
 
 def resolve_precision(precision: str, device: torch.device) -> str:
