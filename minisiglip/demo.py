@@ -9,21 +9,25 @@ import dataclasses
 import json
 import shutil
 import time
+import warnings
 from pathlib import Path
 import torch
 from .data import ShapesDataset
-from .train import TrainConfig, train, load_checkpoint, CKPT_PREFIX, SCHEDULES, PRECISIONS
+from .train import TrainConfig, train, load_checkpoint, latest_checkpoint, read_state, config_diff
+from .train import CKPT_PREFIX, SCHEDULES, PRECISIONS, plot_logits
 from .distributed import DEVICES
-from .train import plot_logits
 from .eval import evaluate, plot_history, plot_similarity
 
 # %% auto #0
-__all__ = ['DEMO_CONFIG', 'DEMO_KNOBS', 'plot_zero_shot', 'save_plots', 'demo', 'report', 'add_demo_args', 'demo_config',
-           'run_demo']
+__all__ = ['DEMO_V1', 'DEMO_PRECISION', 'DEMO_CONFIG', 'V1_FLAGS', 'DEMO_KNOBS', 'plot_zero_shot', 'save_plots', 'demo',
+           'demo_tower', 'report', 'add_demo_args', 'demo_config', 'run_demo']
 
 # %% ../nbs/06a_demo.ipynb #20d57b33
-DEMO_CONFIG = TrainConfig(preset='tiny_wide', steps=2400, batch_size=64, lr=1e-3, warmup_steps=100, eval_every=100,
-                          ckpt_every=200, n_train=20_000, out_dir='runs/demo')
+DEMO_V1 = TrainConfig(preset='tiny_wide', steps=2400, batch_size=64, lr=1e-3, warmup_steps=100, eval_every=100,
+                      ckpt_every=200, n_train=20_000, out_dir='runs/demo')      # the first recipe, in float32
+DEMO_PRECISION = 'auto'   # both demo commands train in bf16 where that is fast (`train.fast_bf16`)
+# the present recipe: wsd at two-thirds of the steps, in bf16 where that is fast (measured in "Half the time")
+DEMO_CONFIG = dataclasses.replace(DEMO_V1, steps=1600, lr=5e-4, schedule='wsd', precision=DEMO_PRECISION)
 
 # %% ../nbs/06a_demo.ipynb #fd13bf33
 def plot_zero_shot(acc: dict[str, float], ax=None):
@@ -67,10 +71,28 @@ def demo(cfg: TrainConfig = DEMO_CONFIG, n_eval: int = 1000) -> dict:
     metrics = evaluate(model, tok, cfg.data, n_eval, seed=cfg.seed, image_size=cfg.image_size)
     h = state['history']
     metrics.update(train_s=train_s, wall_s=time.perf_counter() - t0, steps=state['step'], final_loss=h['loss'][-1],
-                   final_t=h['t'][-1], final_b=h['b'][-1], config=dataclasses.asdict(cfg))
+                   final_t=h['t'][-1], final_b=h['b'][-1], config=state['config'])   # as run: 'auto' decided
     (out / 'metrics.json').write_text(json.dumps(metrics, indent=1))
     save_plots(out, model, tok, state['history'], metrics['zero_shot'], cfg.seed)
     return metrics
+
+# %% ../nbs/06a_demo.ipynb #ae650c8c
+V1_FLAGS = '--steps 2400 --lr 1e-3 --schedule cosine --precision fp32'   # `minisiglip demo` runs DEMO_V1 with these
+
+def demo_tower(path: str | Path = DEMO_V1.out_dir) -> Path:
+    """`path`, holding the run of `DEMO_V1`: the image tower the later lessons' committed numbers were computed on.
+    Trained there if `path` holds no run; if the run there was trained otherwise (the present demo recipe, another
+    seed), a warning names the differences and the command that trains the right one, since a lesson re-run on
+    another tower will not reproduce its committed numbers."""
+    path = Path(path)
+    ckpt = latest_checkpoint(path) if path.exists() else None
+    if ckpt is None: demo(dataclasses.replace(DEMO_V1, out_dir=str(path))); return path
+    saved = read_state(ckpt)['config']
+    diff = config_diff(saved, dataclasses.asdict(DEMO_V1))
+    if diff: warnings.warn(f"{path} was trained with {', '.join(f'{k}={saved.get(k)!r}' for k in diff)}, not as "
+                           f"DEMO_V1, the tower of the committed numbers: `minisiglip demo {V1_FLAGS} --out {path}` "
+                           "trains that one")
+    return path
 
 # %% ../nbs/06a_demo.ipynb #1ee5898d
 def report(metrics: dict) -> str:

@@ -36,15 +36,15 @@ __all__ = ['LOSSES', 'NOISE_KINDS', 'PRECISIONS', 'RINGS', 'SCHEDULES', 'RUN_ONL
            'builtin_data', 'get_batch', 'corrupt_batch', 'build_model', 'make_loss', 'setup_processes',
            'optimizer_tensors', 'optimizer_state', 'save_checkpoint', 'checkpoints', 'latest_checkpoint', 'read_state',
            'safetensors_problem', 'read_tensors', 'load_weights', 'load_checkpoint', 'tokenizer_from_dict',
-           'load_image_tower', 'rng_to_text', 'rng_from_text', 'compile_towers', 'logit_means', 'check_finite',
-           'train_step', 'kernel_ids', 'make_optimizer', 'evaluate_loss', 'gather_rng', 'resume_weights', 'train',
-           'plot_logits', 'add_dataclass_args', 'dataclass_from_args', 'add_train_args', 'config_from_args',
-           'run_train']
+           'load_image_tower', 'rng_to_text', 'rng_from_text', 'fast_bf16', 'resolve_precision', 'compile_towers',
+           'logit_means', 'check_finite', 'train_step', 'kernel_ids', 'make_optimizer', 'evaluate_loss', 'gather_rng',
+           'resume_weights', 'config_diff', 'train', 'plot_logits', 'add_dataclass_args', 'dataclass_from_args',
+           'add_train_args', 'config_from_args', 'run_train']
 
 # %% ../nbs/05_train.ipynb #17bc73fd
 LOSSES = ('sigmoid', 'chunked', 'ring', 'softmax')
 NOISE_KINDS = ('none', 'image', 'text', 'shuffle')
-PRECISIONS = ('fp32', 'bf16', 'fp16')
+PRECISIONS = ('fp32', 'bf16', 'fp16', 'auto')
 RINGS = ('one-way', 'bidir')
 SCHEDULES = ('cosine', 'constant', 'wsd')
 RUN_ONLY = ('out_dir', 'device', 'backend', 'timeout', 'compile')   # where and how a run executes, not what
@@ -91,7 +91,7 @@ class TrainConfig:
     init_hf: str = ''             # a transformers SigLIP folder to fine-tune: its model, tokenizer, image size (10_hf)
     freeze_image: bool = False    # keep the image tower fixed (with init_image: the paper's SigLiT)
     ring: str = 'one-way'         # under torchrun: the 'one-way' ring, or 'bidir' (both ways: half the steps)
-    precision: str = 'fp32'       # 'fp32', or the towers under autocast in 'bf16' / 'fp16' (fp16: a gradient scaler)
+    precision: str = 'fp32'       # 'fp32'; the towers under autocast in 'bf16' / 'fp16' (a gradient scaler); 'auto'
     device: str = 'auto'          # 'cpu', 'cuda' (one GPU per process) or 'auto' (the GPU if there is one)
     backend: str = 'auto'         # torchrun's process group: 'gloo', 'nccl' or 'auto' (NCCL for GPUs, gloo for CPUs)
     timeout: float = 600.         # seconds a rank waits for its peers (evaluation, checkpoints) before failing
@@ -355,6 +355,17 @@ def rng_from_text(text: str) -> Tensor:
     "Inverse of `rng_to_text`: the uint8 RNG state tensor that `torch.set_rng_state` takes."
     return torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8)
 
+# %% ../nbs/05_train.ipynb #965371dc
+def fast_bf16(device: torch.device) -> bool:
+    "Whether bfloat16 matrix products are fast on `device`: a GPU of compute capability 8+, or a CPU with AMX tiles."
+    if device.type == 'cuda': return torch.cuda.get_device_capability(device)[0] >= 8   # V100/T4 only emulate bf16
+    return device.type == 'cpu' and getattr(torch.cpu, '_is_amx_tile_supported', lambda: False)()
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    "`precision` with 'auto' decided for `device`: 'bf16' where `fast_bf16`, else 'fp32'."
+    if precision != 'auto': return precision
+    return 'bf16' if fast_bf16(device) else 'fp32'
+
 # %% ../nbs/05_train.ipynb #3b15ae78
 def compile_towers(model: SigLIP) -> SigLIP:
     "Compile both towers' `Encoder`s in place (`torch.compile`), leaving the input checks eager; returns `model`."
@@ -467,14 +478,20 @@ def resume_weights(model: nn.Module, optimizer: torch.optim.Optimizer, ckpt: Pat
         raise ValueError(f"{e}; {way_out}") from None
 
 # %% ../nbs/05_train.ipynb #1593fd91
+def config_diff(saved: dict, config: dict) -> list[str]:
+    """The fields in which a run's `config` (a `TrainConfig` as a dict) differs from a `saved` one, leaving out where
+    and how a run executes (`RUN_ONLY`); a field newer than the saved config counts as its default there."""
+    return sorted(k for k in config if k not in RUN_ONLY and saved.get(k, getattr(TrainConfig, k)) != config[k])
+
 def train(cfg: TrainConfig, resume: bool = False, stop_at: int | None = None, loss_fn=None) -> tuple[SigLIP, dict]:
     """Train (one process or `torchrun`), checkpointing to `cfg.out_dir`; returns the model and the run's state dict.
     `loss_fn(zimg, ztxt, scale, bias)` replaces the loss `cfg.loss` names (e.g. a masked sigmoid loss); it is not
-    saved, so a resumed run must pass it again."""
+    saved, so a resumed run must pass it again. A `cfg.precision` of 'auto' is decided here for the run's device."""
     if cfg.init_hf:                                   # the run takes the checkpoint's image size
         from .hf import hf_image_size
         cfg = dataclasses.replace(cfg, image_size=hf_image_size(cfg.init_hf))
     rank, world, device, own_group = setup_processes(cfg)
+    cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, device))   # the checkpoint says which
     try: return _train(cfg, resume, stop_at, rank, world, device, loss_fn or make_loss(cfg, world))
     finally:
         if own_group: dist.destroy_process_group()        # also when a step raised: no process is left waiting
@@ -499,8 +516,7 @@ def _train(cfg: TrainConfig, resume: bool, stop_at: int | None, rank: int, world
         raise FileExistsError(f"{cfg.out_dir} already holds {ckpt.name}: pass resume=True (--resume) or use another out_dir")
     if ckpt is not None:
         saved = read_state(ckpt)
-        diff = sorted(k for k in state['config'] if k not in RUN_ONLY   # a field newer than the checkpoint: default
-                      and saved['config'].get(k, getattr(TrainConfig, k)) != state['config'][k])
+        diff = config_diff(saved['config'], state['config'])
         diff += sorted(f'model.{k}' for k in state['model_config'] if saved['model_config'].get(k) != state['model_config'][k])  # e.g. a preset changed
         if diff: raise ValueError(f"cannot resume {ckpt}: its config differs from this run's in {diff}")
         if data_info: check_same_data(saved.get('data', {}), data_info, ckpt)

@@ -19,12 +19,12 @@ from .train import latest_checkpoint
 from .vlm import VLM, VLMConfig, CONNECTORS, FUSIONS, MODES
 from .vqa import VQASet, make_vqa, encode_question, EOS, FAMILIES, chance
 from .vlm_train import VLMTrainConfig, VLM_PRECISIONS, train_vlm, load_vlm
+from .demo import DEMO_PRECISION
 
 # %% auto #0
-__all__ = ['VLM_DEMO_V1', 'VLM_DEMO_V1_TRAIN', 'VLM_DEMO', 'VLM_DEMO_TRAIN', 'DEMO_PRECISION', 'BLIND_STEPS', 'VARIANTS',
-           'answer', 'vqa_accuracy', 'evaluate_vlm', 'vqa_table', 'plot_answers', 'vlm_demo', 'vlm_report',
-           'apply_overrides', 'run_arm', 'run_variants', 'variants_table', 'relation_outcomes', 'ask', 'add_vlm_args',
-           'vlm_demo_configs', 'run_vlm']
+__all__ = ['VLM_DEMO_V1', 'VLM_DEMO_V1_TRAIN', 'VLM_DEMO', 'VLM_DEMO_TRAIN', 'BLIND_STEPS', 'VARIANTS', 'answer', 'vqa_accuracy',
+           'evaluate_vlm', 'vqa_table', 'plot_answers', 'vlm_demo', 'vlm_report', 'apply_overrides', 'run_arm',
+           'run_variants', 'variants_table', 'relation_outcomes', 'ask', 'add_vlm_args', 'vlm_demo_configs', 'run_vlm']
 
 # %% ../nbs/08_vlm_eval.ipynb #f7f91c43
 @torch.no_grad()
@@ -107,7 +107,6 @@ VLM_DEMO_V1 = VLMConfig(mode='full')                                     # the t
 VLM_DEMO_V1_TRAIN = VLMTrainConfig(out_dir='runs/vlm_demo', vision_lr=1e-3)
 VLM_DEMO = dataclasses.replace(VLM_DEMO_V1, value_view=True, lm_depth=3)  # measured at the end of this notebook
 VLM_DEMO_TRAIN = dataclasses.replace(VLM_DEMO_V1_TRAIN, schedule='wsd')
-DEMO_PRECISION = 'auto'   # `vlm demo` runs the recipe in bf16 where that is fast: see "Mixed precision" below
 BLIND_STEPS = 300   # the blind model only learns the answer prior: its loss stops falling within a few hundred steps
 
 def vlm_demo(siglip: str | Path = 'runs/demo', out: str | Path = 'runs/vlm_demo', vlm_cfg: VLMConfig = VLM_DEMO,

@@ -16,16 +16,15 @@ from tqdm import tqdm
 from .data import Tokenizer
 from .model import SigLIPConfig, ViT
 from .train import (kernel_ids, lr_at, check_schedule, batch_indices, check_finite, save_checkpoint,
-                              latest_checkpoint, read_state, load_checkpoint, load_weights)
+                              latest_checkpoint, read_state, load_checkpoint, load_weights, resolve_precision)
 from .vlm import VLM, VLMConfig
 from .hf import load_siglip
 from .vqa import VQASet, make_vqa, vqa_tokenizer, encode_question, EOS, FAMILIES
 
 # %% auto #0
 __all__ = ['IGNORE', 'VLM_PRECISIONS', 'encode_qa', 'take_rows', 'answer_loss', 'parse_per_family', 'VLMTrainConfig',
-           'prune_relations', 'part_of', 'make_vlm_optimizer', 'fast_bf16', 'resolve_precision', 'load_tower',
-           'precompute_features', 'questions_of', 'patch_features', 'train_vlm', 'load_vlm', 'load_prior',
-           'prior_log_probs']
+           'prune_relations', 'part_of', 'make_vlm_optimizer', 'load_tower', 'precompute_features', 'questions_of',
+           'patch_features', 'train_vlm', 'load_vlm', 'load_prior', 'prior_log_probs']
 
 # %% ../nbs/07b_vlm_train.ipynb #152acdf3
 IGNORE = -100   # F.cross_entropy's default ignore_index: positions that are not scored
@@ -137,17 +136,6 @@ def make_vlm_optimizer(model: VLM, cfg: VLMTrainConfig) -> torch.optim.AdamW:
         groups.setdefault((part, decay), {'params': [], 'weight_decay': cfg.weight_decay if decay else 0.,
                                           'lr_scale': part_lr[part] / cfg.lr, 'part': part})['params'].append(p)
     return torch.optim.AdamW(list(groups.values()), lr=cfg.lr, betas=(0.9, 0.95))
-
-# %% ../nbs/07b_vlm_train.ipynb #4e6e3d52
-def fast_bf16(device: torch.device) -> bool:
-    "Whether bfloat16 matrix products are fast on `device`: a GPU of compute capability 8+, or a CPU with AMX tiles."
-    if device.type == 'cuda': return torch.cuda.get_device_capability(device)[0] >= 8   # V100/T4 only emulate bf16
-    return device.type == 'cpu' and getattr(torch.cpu, '_is_amx_tile_supported', lambda: False)()
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    "`precision` with 'auto' decided for `device`: 'bf16' where `fast_bf16`, else 'fp32'."
-    if precision != 'auto': return precision
-    return 'bf16' if fast_bf16(device) else 'fp32'
 
 # %% ../nbs/07b_vlm_train.ipynb #82f26a4c
 def load_tower(path: str | Path) -> tuple[ViT, SigLIPConfig]:

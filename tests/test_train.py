@@ -118,7 +118,8 @@ def test_eval_command_writes_metrics(runs, tmp_path):
 
 def test_demo_command_writes_run_folder(tmp_path):
     out = tmp_path / 'demo'
-    p = run([SCRIPT, 'demo', '--out', str(out), '--steps', '3', '--batch-size', '16', '--n-eval', '60'])
+    p = run([SCRIPT, 'demo', '--out', str(out), '--steps', '3', '--warmup-steps', '1', '--batch-size', '16',
+             '--n-eval', '60'])
     assert {'metrics.json', 'loss.png', 'similarity.png', 'zero_shot.png', 'ckpt_0000003'} <= {q.name for q in out.iterdir()}
     metrics = json.loads((out / 'metrics.json').read_text())
     assert {'zero_shot', 'retrieval', 'wall_s'} <= set(metrics)
