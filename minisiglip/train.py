@@ -91,7 +91,7 @@ class TrainConfig:
     init_hf: str = ''             # a transformers SigLIP folder to fine-tune: its model, tokenizer, image size (10_hf)
     freeze_image: bool = False    # keep the image tower fixed (with init_image: the paper's SigLiT)
     ring: str = 'one-way'         # under torchrun: the 'one-way' ring, or 'bidir' (both ways: half the steps)
-    precision: str = 'fp32'       # 'fp32'; the towers under autocast in 'bf16' / 'fp16' (a gradient scaler); 'auto'
+    precision: str = 'fp32'       # 'fp32', 'bf16' or 'fp16' (towers under autocast, fp16 scaled), 'auto' (bf16 if fast)
     device: str = 'auto'          # 'cpu', 'cuda' (one GPU per process) or 'auto' (the GPU if there is one)
     backend: str = 'auto'         # torchrun's process group: 'gloo', 'nccl' or 'auto' (NCCL for GPUs, gloo for CPUs)
     timeout: float = 600.         # seconds a rank waits for its peers (evaluation, checkpoints) before failing
