@@ -38,8 +38,8 @@ __all__ = ['LOSSES', 'NOISE_KINDS', 'PRECISIONS', 'RINGS', 'SCHEDULES', 'RUN_ONL
            'safetensors_problem', 'read_tensors', 'load_weights', 'load_checkpoint', 'tokenizer_from_dict',
            'load_image_tower', 'rng_to_text', 'rng_from_text', 'fast_bf16', 'resolve_precision', 'compile_towers',
            'logit_means', 'check_finite', 'train_step', 'kernel_ids', 'make_optimizer', 'evaluate_loss', 'gather_rng',
-           'resume_weights', 'config_diff', 'train', 'plot_logits', 'add_dataclass_args', 'dataclass_from_args',
-           'add_train_args', 'config_from_args', 'run_train']
+           'resume_weights', 'config_diff', 'run_precision', 'train', 'plot_logits', 'add_dataclass_args',
+           'dataclass_from_args', 'add_train_args', 'config_from_args', 'run_train']
 
 # %% ../nbs/05_train.ipynb #17bc73fd
 LOSSES = ('sigmoid', 'chunked', 'ring', 'softmax')
@@ -405,6 +405,8 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn, imag
     'bf16'/'fp16'; raises before updating on NaN/inf, except that with a gradient `scaler` (fp16) a step whose
     gradients overflow is skipped. Returns the full-batch `loss`, the `grad_norm`, `t`, `b` and the mean `pos`itive and
     `neg`ative logits, read from the device in one transfer."""
+    if precision != 'fp32' and precision not in AUTOCAST:         # 'auto' is decided by `train`, before any step
+        raise ValueError(f"train_step takes 'fp32' or one of {tuple(AUTOCAST)}, got {precision!r}")
     for group in optimizer.param_groups: group['lr'] = lr * group.get('lr_mult', 1.)
     with torch.autocast(images.device.type, dtype=AUTOCAST.get(precision), enabled=precision != 'fp32'):
         zimg, ztxt, scale, bias = model(images, tokens)
@@ -483,6 +485,13 @@ def config_diff(saved: dict, config: dict) -> list[str]:
     and how a run executes (`RUN_ONLY`); a field newer than the saved config counts as its default there."""
     return sorted(k for k in config if k not in RUN_ONLY and saved.get(k, getattr(TrainConfig, k)) != config[k])
 
+def run_precision(cfg: TrainConfig, device: torch.device, resume: bool) -> str:
+    """The precision a run trains in: `cfg.precision`, with 'auto' decided for `device`, except that a resumed 'auto'
+    run keeps the precision its checkpoint ran in, so it can move to a machine that would decide otherwise."""
+    ckpt = latest_checkpoint(cfg.out_dir) if resume and cfg.precision == 'auto' and Path(cfg.out_dir).exists() else None
+    if ckpt is not None: return read_state(ckpt)['config'].get('precision', 'fp32')    # saved before the field: fp32
+    return resolve_precision(cfg.precision, device)
+
 def train(cfg: TrainConfig, resume: bool = False, stop_at: int | None = None, loss_fn=None) -> tuple[SigLIP, dict]:
     """Train (one process or `torchrun`), checkpointing to `cfg.out_dir`; returns the model and the run's state dict.
     `loss_fn(zimg, ztxt, scale, bias)` replaces the loss `cfg.loss` names (e.g. a masked sigmoid loss); it is not
@@ -491,7 +500,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_at: int | None = None, lo
         from .hf import hf_image_size
         cfg = dataclasses.replace(cfg, image_size=hf_image_size(cfg.init_hf))
     rank, world, device, own_group = setup_processes(cfg)
-    cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, device))   # the checkpoint says which
+    cfg = dataclasses.replace(cfg, precision=run_precision(cfg, device, resume))        # the checkpoint says which
     try: return _train(cfg, resume, stop_at, rank, world, device, loss_fn or make_loss(cfg, world))
     finally:
         if own_group: dist.destroy_process_group()        # also when a step raised: no process is left waiting
