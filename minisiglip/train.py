@@ -36,10 +36,10 @@ __all__ = ['LOSSES', 'NOISE_KINDS', 'PRECISIONS', 'RINGS', 'SCHEDULES', 'RUN_ONL
            'builtin_data', 'get_batch', 'corrupt_batch', 'build_model', 'make_loss', 'setup_processes',
            'optimizer_tensors', 'optimizer_state', 'save_checkpoint', 'checkpoints', 'latest_checkpoint', 'read_state',
            'safetensors_problem', 'read_tensors', 'load_weights', 'load_checkpoint', 'tokenizer_from_dict',
-           'load_image_tower', 'rng_to_text', 'rng_from_text', 'fast_bf16', 'resolve_precision', 'compile_towers',
+           'load_image_tower', 'rng_to_text', 'rng_from_text', 'fast_bf16', 'run_precision', 'compile_towers',
            'logit_means', 'check_finite', 'train_step', 'kernel_ids', 'make_optimizer', 'evaluate_loss', 'gather_rng',
-           'resume_weights', 'config_diff', 'run_precision', 'train', 'plot_logits', 'add_dataclass_args',
-           'dataclass_from_args', 'add_train_args', 'config_from_args', 'run_train']
+           'resume_weights', 'config_diff', 'train', 'plot_logits', 'add_dataclass_args', 'dataclass_from_args',
+           'add_train_args', 'config_from_args', 'run_train']
 
 # %% ../nbs/05_train.ipynb #17bc73fd
 LOSSES = ('sigmoid', 'chunked', 'ring', 'softmax')
@@ -361,9 +361,13 @@ def fast_bf16(device: torch.device) -> bool:
     if device.type == 'cuda': return torch.cuda.get_device_capability(device)[0] >= 8   # V100/T4 only emulate bf16
     return device.type == 'cpu' and getattr(torch.cpu, '_is_amx_tile_supported', lambda: False)()
 
-def resolve_precision(precision: str, device: torch.device) -> str:
-    "`precision` with 'auto' decided for `device`: 'bf16' where `fast_bf16`, else 'fp32'."
-    if precision != 'auto': return precision
+def run_precision(cfg, device: torch.device, resume: bool = False) -> str:
+    """The precision a run (`cfg`: a `TrainConfig` or `VLMTrainConfig`) trains in on `device`: `cfg.precision`, with
+    'auto' decided as bf16 where `fast_bf16`, else fp32, except that a resumed 'auto' run keeps the precision its
+    checkpoint ran in, so it can go on on a machine that would decide otherwise."""
+    if cfg.precision != 'auto': return cfg.precision
+    ckpt = latest_checkpoint(cfg.out_dir) if resume and Path(cfg.out_dir).exists() else None
+    if ckpt is not None: return read_state(ckpt)['config'].get('precision', 'fp32')    # saved before the field: fp32
     return 'bf16' if fast_bf16(device) else 'fp32'
 
 # %% ../nbs/05_train.ipynb #3b15ae78
@@ -484,13 +488,6 @@ def config_diff(saved: dict, config: dict) -> list[str]:
     """The fields in which a run's `config` (a `TrainConfig` as a dict) differs from a `saved` one, leaving out where
     and how a run executes (`RUN_ONLY`); a field newer than the saved config counts as its default there."""
     return sorted(k for k in config if k not in RUN_ONLY and saved.get(k, getattr(TrainConfig, k)) != config[k])
-
-def run_precision(cfg: TrainConfig, device: torch.device, resume: bool) -> str:
-    """The precision a run trains in: `cfg.precision`, with 'auto' decided for `device`, except that a resumed 'auto'
-    run keeps the precision its checkpoint ran in, so it can move to a machine that would decide otherwise."""
-    ckpt = latest_checkpoint(cfg.out_dir) if resume and cfg.precision == 'auto' and Path(cfg.out_dir).exists() else None
-    if ckpt is not None: return read_state(ckpt)['config'].get('precision', 'fp32')    # saved before the field: fp32
-    return resolve_precision(cfg.precision, device)
 
 def train(cfg: TrainConfig, resume: bool = False, stop_at: int | None = None, loss_fn=None) -> tuple[SigLIP, dict]:
     """Train (one process or `torchrun`), checkpointing to `cfg.out_dir`; returns the model and the run's state dict.

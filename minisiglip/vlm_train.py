@@ -16,7 +16,7 @@ from tqdm import tqdm
 from .data import Tokenizer
 from .model import SigLIPConfig, ViT
 from .train import (kernel_ids, lr_at, check_schedule, batch_indices, check_finite, save_checkpoint,
-                              latest_checkpoint, read_state, load_checkpoint, load_weights, resolve_precision)
+                              latest_checkpoint, read_state, load_checkpoint, load_weights, run_precision)
 from .vlm import VLM, VLMConfig
 from .hf import load_siglip
 from .vqa import VQASet, make_vqa, vqa_tokenizer, encode_question, EOS, FAMILIES
@@ -177,7 +177,7 @@ def patch_features(model: VLM, data: VQASet, images: Tensor, cached: Tensor | No
 def train_vlm(cfg: VLMTrainConfig, vlm_cfg: VLMConfig = VLMConfig()) -> tuple[VLM, Tokenizer, dict]:
     "Train a VLM on the built-in VQA questions with the tower of `cfg.siglip`; checkpoint to `cfg.out_dir`."
     device, tok = torch.device(cfg.device), vqa_tokenizer()
-    cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, device))   # the checkpoint says which
+    cfg = dataclasses.replace(cfg, precision=run_precision(cfg, device))   # the checkpoint says which
     vlm_cfg = dataclasses.replace(vlm_cfg, vocab_size=tok.vocab_size, max_text_len=tok.context_length)
     tower, tower_cfg = load_tower(cfg.siglip)
     if latest_checkpoint(cfg.out_dir) is not None and Path(cfg.out_dir).resolve() != Path(cfg.siglip).resolve():
