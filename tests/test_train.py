@@ -116,13 +116,16 @@ def test_eval_command_writes_metrics(runs, tmp_path):
     assert 'i2t_r1' in p.stdout
 
 
-def test_demo_command_writes_run_folder(tmp_path):
+@pytest.mark.parametrize('precision', ['fp32', 'bf16'])
+def test_demo_command_writes_run_folder(tmp_path, precision):
+    """The demo's default precision, 'auto', is fp32 on one machine and bf16 on another: each is forced here, so that
+    every machine runs both."""
     out = tmp_path / 'demo'
     p = run([SCRIPT, 'demo', '--out', str(out), '--steps', '3', '--warmup-steps', '1', '--batch-size', '16',
-             '--n-eval', '60'])
+             '--n-eval', '60', '--precision', precision])
     assert {'metrics.json', 'loss.png', 'similarity.png', 'zero_shot.png', 'ckpt_0000003'} <= {q.name for q in out.iterdir()}
     metrics = json.loads((out / 'metrics.json').read_text())
-    assert {'zero_shot', 'retrieval', 'wall_s'} <= set(metrics)
+    assert {'zero_shot', 'retrieval', 'wall_s'} <= set(metrics) and metrics['config']['precision'] == precision
     assert 'zero-shot' in p.stdout
 
 
