@@ -38,8 +38,8 @@ __all__ = ['LOSSES', 'NOISE_KINDS', 'PRECISIONS', 'RINGS', 'SCHEDULES', 'RUN_ONL
            'safetensors_problem', 'read_tensors', 'load_weights', 'load_checkpoint', 'tokenizer_from_dict',
            'load_image_tower', 'rng_to_text', 'rng_from_text', 'fast_bf16', 'run_precision', 'compile_towers',
            'logit_means', 'check_finite', 'train_step', 'kernel_ids', 'make_optimizer', 'evaluate_loss', 'gather_rng',
-           'resume_weights', 'config_diff', 'train', 'plot_logits', 'add_dataclass_args', 'dataclass_from_args',
-           'add_train_args', 'config_from_args', 'run_train']
+           'resume_weights', 'config_diff', 'train', 'adam_step_bound', 'plot_logits', 'add_dataclass_args',
+           'dataclass_from_args', 'add_train_args', 'config_from_args', 'run_train']
 
 # %% ../nbs/05_train.ipynb #17bc73fd
 LOSSES = ('sigmoid', 'chunked', 'ring', 'softmax')
@@ -65,7 +65,7 @@ class TrainConfig:
     batch_size: int = 128         # global batch: pairs per step summed over all ranks
     lr: float = 1e-3              # peak learning rate, reached after warm-up
     weight_decay: float = 1e-4    # AdamW decay of linear/conv kernels, times the lr (the paper's 1e-4 is 0.1 here)
-    logit_lr_mult: float = 10.    # lr multiplier of t' and b: Adam moves a scalar by <= lr a step (see below)
+    logit_lr_mult: float = 10.    # lr multiplier of t' and b: Adam moves a scalar by about lr a step (see below)
     init_scale: float = 10.       # t = exp(t') at init (the paper's t' = log 10)
     init_bias: float = -10.       # b at init (the paper's -10)
     beta2: float = 0.95           # the SigLIP paper's beta2: 0.999 makes large-batch sigmoid training unstable
@@ -377,7 +377,7 @@ def compile_towers(model: SigLIP) -> SigLIP:
     return model
 
 # %% ../nbs/05_train.ipynb #b3fafd90
-STEP_STATS = ('loss', 'grad_norm', 't', 'b', 'pos', 'neg')
+STEP_STATS = ('loss', 'grad_norm', 't', 'b', 'b_grad', 'pos', 'neg')
 AUTOCAST = {'bf16': torch.bfloat16, 'fp16': torch.float16}
 
 def logit_means(zimg: Tensor, ztxt: Tensor, scale: Tensor, bias: Tensor) -> tuple[Tensor, Tensor]:
@@ -407,22 +407,23 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn, imag
                scaler: torch.amp.GradScaler | None = None) -> dict[str, float]:
     """One AdamW step at learning rate `lr` (times each group's `lr_mult`), the towers under autocast for `precision`
     'bf16'/'fp16'; raises before updating on NaN/inf, except that with a gradient `scaler` (fp16) a step whose
-    gradients overflow is skipped. Returns the full-batch `loss`, the `grad_norm`, `t`, `b` and the mean `pos`itive and
-    `neg`ative logits, read from the device in one transfer."""
+    gradients overflow is skipped. Returns the full-batch `loss`, the `grad_norm`, `t`, `b`, the gradient on b before
+    clipping (0 where b is frozen) and the mean `pos`itive and `neg`ative logits, read from the device in one transfer."""
     if precision != 'fp32' and precision not in AUTOCAST:         # 'auto' is decided by `train`, before any step
         raise ValueError(f"train_step takes 'fp32' or one of {tuple(AUTOCAST)}, got {precision!r}")
     for group in optimizer.param_groups: group['lr'] = lr * group.get('lr_mult', 1.)
     with torch.autocast(images.device.type, dtype=AUTOCAST.get(precision), enabled=precision != 'fp32'):
         zimg, ztxt, scale, bias = model(images, tokens)
-    check_finite(step, world, zimg=zimg, ztxt=ztxt, scale=scale, bias=bias)
+    check_finite(step, world, zimg=zimg, ztxt=ztxt, log_t=scale.log(), bias=bias)   # t = exp(t') at 0 diverged too
     loss = loss_fn(zimg, ztxt, scale, bias)              # float32 whatever the towers' dtype
     mean = loss.detach().clone()
     if world > 1: dist.all_reduce(mean); mean /= world   # the mean over ranks is the full-batch loss
     optimizer.zero_grad(set_to_none=True)
     (loss if scaler is None else scaler.scale(loss)).backward()
     if scaler is not None: scaler.unscale_(optimizer)    # true gradients, for clipping and the logged norm
+    b_grad = torch.zeros_like(bias) if bias.grad is None else bias.grad.detach().clone()   # before clipping scales it
     gnorm = nn.utils.clip_grad_norm_(model.parameters(), grad_clip or float('inf'))
-    stats = torch.stack([mean, gnorm, scale.detach(), bias.detach(),
+    stats = torch.stack([mean, gnorm, scale.detach(), bias.detach(), b_grad,
                          *logit_means(zimg.float(), ztxt.float(), scale, bias)]).float().tolist()
     stats = dict(zip(STEP_STATS, stats))
     if scaler is not None: scaler.step(optimizer); scaler.update()   # skips the update if gradients overflowed
@@ -544,7 +545,7 @@ def _train(cfg: TrainConfig, resume: bool, stop_at: int | None, rank: int, world
         stats = train_step(net, optimizer, loss_fn, images, tokens, step, lr, cfg.grad_clip, world, cfg.precision,
                            scaler)
         h = state['history']; h['lr'].append(lr)
-        for k, v in stats.items(): h[k].append(v)
+        for k, v in stats.items(): h.setdefault(k, []).append(v)      # a run saved before a stat existed lacks it
         loss = stats['loss']
         state['step'] = done = step + 1
         if rank == 0 and ((cfg.eval_every and done % cfg.eval_every == 0) or done == stop):
@@ -556,6 +557,15 @@ def _train(cfg: TrainConfig, resume: bool, stop_at: int | None, rank: int, world
             if rank == 0: save_checkpoint(cfg.out_dir, model, optimizer, {**state, 'rng': rng})
     bar.close()
     return model.eval(), state
+
+# %% ../nbs/05_train.ipynb #4d8e3550
+def adam_step_bound(beta1: float, beta2: float, steps: int) -> float:
+    """The largest |step| / lr that Adam (bias-corrected, eps = 0) can take within `steps` steps, for any gradients:
+    the Cauchy–Schwarz bound C_k above, maximised over k <= `steps`. Needs beta1**2 < beta2."""
+    if not beta1 ** 2 < beta2: raise ValueError(f"the bound needs beta1**2 < beta2, got {beta1}, {beta2}")
+    q = beta1 ** 2 / beta2
+    return max((1 - beta1) / math.sqrt(1 - beta2) * math.sqrt((1 - q ** k) / (1 - q))
+               * math.sqrt(1 - beta2 ** k) / (1 - beta1 ** k) for k in range(1, steps + 1))
 
 # %% ../nbs/05_train.ipynb #20b12451
 def plot_logits(history: dict, ax=None):
