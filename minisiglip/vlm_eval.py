@@ -17,14 +17,15 @@ from torch import Tensor
 from .data import Tokenizer, read_image
 from .train import latest_checkpoint
 from .vlm import VLM, VLMConfig, CONNECTORS, FUSIONS, MODES
-from .vqa import VQASet, make_vqa, encode_question, EOS, FAMILIES, chance
+from .vqa import VQASet, make_vqa, encode_question, EOS, FAMILIES, TEST_SCENES, chance
 from .vlm_train import VLMTrainConfig, VLM_PRECISIONS, train_vlm, load_vlm
 from .demo import DEMO_PRECISION
 
 # %% auto #0
-__all__ = ['VLM_DEMO_V1', 'VLM_DEMO_V1_TRAIN', 'VLM_DEMO', 'VLM_DEMO_TRAIN', 'BLIND_STEPS', 'VARIANTS', 'answer', 'vqa_accuracy',
-           'evaluate_vlm', 'vqa_table', 'plot_answers', 'vlm_demo', 'vlm_report', 'apply_overrides', 'run_arm',
-           'run_variants', 'variants_table', 'relation_outcomes', 'ask', 'add_vlm_args', 'vlm_demo_configs', 'run_vlm']
+__all__ = ['EVAL_SPLITS', 'VLM_DEMO_V1', 'VLM_DEMO_V1_TRAIN', 'VLM_DEMO', 'VLM_DEMO_TRAIN', 'BLIND_STEPS', 'VARIANTS', 'answer',
+           'vqa_accuracy', 'evaluation_sets', 'evaluate_vlm', 'vqa_table', 'plot_answers', 'vlm_demo', 'vlm_report',
+           'apply_overrides', 'run_arm', 'run_variants', 'variants_table', 'relation_outcomes', 'ask', 'add_vlm_args',
+           'vlm_demo_configs', 'run_vlm']
 
 # %% ../nbs/08_vlm_eval.ipynb #f7f91c43
 @torch.no_grad()
@@ -60,26 +61,35 @@ def vqa_accuracy(model: VLM, tok: Tokenizer, data: VQASet, features: Tensor | No
     return {**acc, 'overall': sum(right) / len(right)}
 
 # %% ../nbs/08_vlm_eval.ipynb #20235290
+EVAL_SPLITS = {'seen': 'vqa', 'held_out': 'vqa_held_out', 'held_out_controls': 'vqa_held_out_controls'}
+
+def evaluation_sets(n_images: int, seed: int, image_size: int) -> dict[str, VQASet]:
+    "The questions of each of `EVAL_SPLITS` on `n_images` fresh scenes of `seed`: the held-out scenes' in two parts."
+    seen, held = (make_vqa(n_images, split, seed=seed, image_size=image_size) for split in ('seen', 'held_out'))
+    part = lambda about: held.subset([i for i, a in enumerate(held.about_held_out) if a == about])
+    return {'seen': seen, 'held_out': part(True), 'held_out_controls': part(False)}
+
 def evaluate_vlm(model: VLM, tok: Tokenizer, n_images: int = 500, seed: int = 0,
                  blind: VLM | None = None) -> dict:
-    "`vqa` (seen), `vqa_held_out`, `chance`, and with a `blind` model `blind` / `blind_held_out`, on fresh scenes."
-    image_size = model.vision.image_size
-    sets = {split: make_vqa(n_images, split, seed=seed, image_size=image_size) for split in ('seen', 'held_out')}
+    """Accuracy per family on each of `EVAL_SPLITS` (`vqa`, `vqa_held_out`, `vqa_held_out_controls`), `chance`, and
+    with a `blind` model the same keys with `blind` for `vqa`, on `n_images` fresh scenes of `seed`."""
+    sets = evaluation_sets(n_images, seed, model.vision.image_size)
     t0 = time.perf_counter()
-    out = {'vqa': vqa_accuracy(model, tok, sets['seen']), 'vqa_held_out': vqa_accuracy(model, tok, sets['held_out'])}
+    out = {key: vqa_accuracy(model, tok, sets[split]) for split, key in EVAL_SPLITS.items()}
     out['answers_per_s'] = sum(len(d) for d in sets.values()) / (time.perf_counter() - t0)
     if blind is not None:
-        out.update(blind=vqa_accuracy(blind, tok, sets['seen']),
-                   blind_held_out=vqa_accuracy(blind, tok, sets['held_out']))
+        out.update({key.replace('vqa', 'blind'): vqa_accuracy(blind, tok, sets[split])
+                    for split, key in EVAL_SPLITS.items()})
     out['chance'] = {f: chance(f) for f in FAMILIES}
     out['n_questions'] = {split: len(d) for split, d in sets.items()}
+    out['scenes'] = 'test' if seed >= TEST_SCENES else 'dev'
     return out
 
 # %% ../nbs/08_vlm_eval.ipynb #56dcf843
 def vqa_table(metrics: dict, split: str = 'seen') -> str:
-    "A Markdown table of accuracy per family on `split` ('seen' or 'held_out'), with chance and the blind baseline."
-    key = 'vqa' if split == 'seen' else 'vqa_held_out'
-    blind = metrics.get('blind' if split == 'seen' else 'blind_held_out', {})
+    "A Markdown table of accuracy per family on `split` (one of `EVAL_SPLITS`), with chance and the blind baseline."
+    key = EVAL_SPLITS[split]
+    blind = metrics.get(key.replace('vqa', 'blind'), {})
     pct = lambda v: '–' if v is None else f'{100 * v:.1f}%'
     rows = [f"| {f} | {pct(metrics[key][f])} | {pct(blind.get(f))} | {pct(metrics['chance'].get(f))} |"
             for f in metrics[key]]
@@ -111,8 +121,8 @@ BLIND_STEPS = 300   # the blind model only learns the answer prior: its loss sto
 
 def vlm_demo(siglip: str | Path = 'runs/demo', out: str | Path = 'runs/vlm_demo', vlm_cfg: VLMConfig = VLM_DEMO,
              train_cfg: VLMTrainConfig = VLM_DEMO_TRAIN, n_eval: int = 500, blind_steps: int = BLIND_STEPS) -> dict:
-    """Train `vlm_cfg` and a blind baseline on the tower of `siglip`, evaluate on `n_eval` fresh scenes per split,
-    write `metrics.json` and `answers.png` into `out` (replacing an earlier demo there); returns the metrics."""
+    """Train `vlm_cfg` and a blind baseline on the tower of `siglip`, evaluate on `n_eval` fresh test scenes per
+    split, write `metrics.json` and `answers.png` into `out` (replacing an earlier demo there); returns the metrics."""
     out = Path(out)
     if latest_checkpoint(out) is not None and not (out / 'metrics.json').is_file():
         raise FileExistsError(f"{out} holds a checkpoint but no metrics.json: not a VLM demo folder; "
@@ -127,7 +137,7 @@ def vlm_demo(siglip: str | Path = 'runs/demo', out: str | Path = 'runs/vlm_demo'
     blind_cfg = dataclasses.replace(cfg, out_dir=str(out / 'blind'), steps=min(blind_steps, cfg.steps))
     blind, _, blind_state = train_vlm(blind_cfg,
                                       dataclasses.replace(vlm_cfg, fusion='none', mode='frozen'))
-    metrics = evaluate_vlm(model, tok, n_eval, seed=cfg.seed, blind=blind)
+    metrics = evaluate_vlm(model, tok, n_eval, seed=TEST_SCENES + cfg.seed, blind=blind)   # reported: test scenes
     metrics.update(visual_tokens=model.n_visual, wall_s=time.perf_counter() - t0, train_s=state['train_s'],
                    precision=state['config']['precision'],
                    blind_train_s=blind_state['train_s'], steps=state['step'], final_loss=state['history']['loss'][-1],
@@ -151,7 +161,7 @@ def vlm_report(metrics: dict) -> str:
                       f"(blind baseline {metrics['blind_steps']} steps, {metrics['blind_train_s']:.0f} s; "
                       f"total {metrics['wall_s']:.0f} s), "
                       f"{metrics['visual_tokens']} visual tokens per image",
-                      line('seen', metrics['vqa']), line('held_out', metrics['vqa_held_out']),
+                      *(line(split, metrics[key]) for split, key in EVAL_SPLITS.items() if key in metrics),
                       line('blind (seen)', metrics['blind'])])
 
 # %% ../nbs/08_vlm_eval.ipynb #ece07e64
@@ -175,10 +185,12 @@ def apply_overrides(base: VLMConfig, train_cfg: VLMTrainConfig, overrides: dict,
                                               **train_fields}))
 
 def run_arm(overrides: dict, siglip: str | Path = 'runs/demo', seed: int = 0, lr_scale: float = 1.,
-            base: VLMConfig = VLM_DEMO, train_cfg: VLMTrainConfig = VLM_DEMO_TRAIN, n_eval: int = 500) -> dict:
+            base: VLMConfig = VLM_DEMO, train_cfg: VLMTrainConfig = VLM_DEMO_TRAIN, n_eval: int = 500,
+            test: bool = False) -> dict:
     """Train the recipe `base` + `train_cfg` changed by `overrides` (fields of `VLMConfig` or `VLMTrainConfig`, `siglip`
-    included) with every learning rate times `lr_scale`, and evaluate it on `n_eval` fresh scenes per split: one row of
-    an ablation. A run stopped by a non-finite loss or gradient is a row too, with `diverged` saying where."""
+    included) with every learning rate times `lr_scale`, and evaluate it on `n_eval` fresh dev scenes per split (and
+    with `test` on test scenes too, under `test`): one row of an ablation. A run stopped by a non-finite loss or
+    gradient is a row too, with `diverged` saying where."""
     work = Path(tempfile.mkdtemp())
     vlm_cfg, cfg = apply_overrides(base, train_cfg, {'siglip': str(siglip), 'seed': seed, **overrides},
                                    out_dir=str(work / 'vlm'))
@@ -189,10 +201,12 @@ def run_arm(overrides: dict, siglip: str | Path = 'runs/demo', seed: int = 0, lr
     except FloatingPointError as e: return {**row, 'diverged': str(e)}
     finally: shutil.rmtree(work, ignore_errors=True)
     ev = evaluate_vlm(model, tok, n_eval, seed=seed)
+    splits = lambda ev: {split: ev[key] for split, key in EVAL_SPLITS.items()}
+    if test: row['test'] = splits(evaluate_vlm(model, tok, n_eval, seed=TEST_SCENES + seed))
     loss = state['history']['loss']
     loss_every_10 = [sum(loss[i:i + 10]) / len(loss[i:i + 10]) for i in range(0, len(loss), 10)]
-    return {**row, 'train_s': state['train_s'], 'visual_tokens': model.n_visual, 'seen': ev['vqa'],
-            'held_out': ev['vqa_held_out'], 'answers_per_s': ev['answers_per_s'], 'loss_every_10': loss_every_10}
+    return {**row, 'train_s': state['train_s'], 'visual_tokens': model.n_visual, **splits(ev),
+            'answers_per_s': ev['answers_per_s'], 'loss_every_10': loss_every_10}
 
 def run_variants(siglip: str | Path, variants: dict[str, dict] = VARIANTS, **kwargs) -> dict[str, dict]:
     "`run_arm` for each variant's overrides (same seed and evaluation scenes): its row by the variant's name."
@@ -200,13 +214,13 @@ def run_variants(siglip: str | Path, variants: dict[str, dict] = VARIANTS, **kwa
 
 def variants_table(rows: dict[str, dict]) -> str:
     "Markdown: one row per variant, overall on both splits and held-out accuracy per family."
-    pct = lambda v: f'{100 * v:.1f}%'
+    pct = lambda v: '–' if v is None else f'{100 * v:.1f}%'
     head = ['| variant | train | seen | seen position | seen relation | held-out | '
             + ' | '.join(f'h-o {f}' for f in FAMILIES) + ' |', '|---|' + '---|' * (5 + len(FAMILIES))]
     row = lambda name, r: (f"| {name} | {r['train_s']:.0f} s | {pct(r['seen']['overall'])} | "
                            f"{pct(r['seen']['position'])} | {pct(r['seen']['relation'])} | "
                            f"{pct(r['held_out']['overall'])} | "
-                           + ' | '.join(pct(r['held_out'][f]) for f in FAMILIES) + ' |')
+                           + ' | '.join(pct(r['held_out'].get(f)) for f in FAMILIES) + ' |')
     return '\n'.join(head + [row(name, r) for name, r in rows.items()])
 
 # %% ../nbs/08_vlm_eval.ipynb #810e8d69
@@ -279,8 +293,8 @@ def run_vlm(args: argparse.Namespace) -> int:
         print(f"step {state['step']}: loss {state['history']['loss'][-1]:.4f}; "
               f"checkpoint in {latest_checkpoint(args.out_dir)}")
         if args.n_eval:
-            metrics = evaluate_vlm(model, tok, args.n_eval, seed=args.seed)
-            print(vqa_table(metrics, 'seen') + '\n\n' + vqa_table(metrics, 'held_out'))
+            metrics = evaluate_vlm(model, tok, args.n_eval, seed=args.seed)      # dev scenes: for comparing runs
+            print('\n\n'.join(vqa_table(metrics, split) for split in EVAL_SPLITS))
     else:
         metrics = vlm_demo(args.siglip, args.out, *vlm_demo_configs(args), n_eval=args.n_eval)
         print(vlm_report(metrics) + f'\nrun folder: {args.out}')

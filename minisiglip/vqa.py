@@ -11,12 +11,12 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 from .data import (SPECIALS, COLOURS, SHAPES, HELD_OUT, RELATIONS, Tokenizer, ShapesDataset, split_words,
-                             _relation)
+                             render_scenes, _relation, _sample_scene)
 
 # %% auto #0
-__all__ = ['FAMILIES', 'COUNT_WORDS', 'SIDES', 'EOS', 'RELATION_MARGIN', 'ANSWERS', 'QUESTION_WORDS', 'ASK', 'SPLITS', 'chance',
-           'vqa_tokenizer', 'encode_question', 'ask_existence', 'ask_colour', 'ask_shape', 'ask_count', 'ask_position',
-           'ask_relation', 'VQASet', 'make_vqa']
+__all__ = ['FAMILIES', 'COUNT_WORDS', 'SIDES', 'EOS', 'RELATION_MARGIN', 'ANSWERS', 'QUESTION_WORDS', 'ASK', 'SPLITS',
+           'CONTROLLED', 'TEST_SCENES', 'chance', 'vqa_tokenizer', 'encode_question', 'ask_existence', 'ask_colour',
+           'ask_shape', 'ask_count', 'ask_position', 'ask_relation', 'VQASet', 'held_out_scenes', 'make_vqa']
 
 # %% ../nbs/07a_vqa.ipynb #8684f5db
 FAMILIES = ('existence', 'colour', 'shape', 'count', 'position', 'relation')
@@ -130,39 +130,69 @@ class VQASet:
     questions: list
     answers: list
     families: list
+    about_held_out: list      # per question: does it involve a held-out pair? (False in `train` and `seen`)
 
     def __len__(self) -> int: return len(self.questions)
 
     def subset(self, idx: Sequence[int]) -> VQASet:
         "The questions `idx` (all images kept, so `image` indices stay valid)."
         idx = list(idx)
-        return VQASet(self.images, self.scenes, self.image[idx], [self.questions[i] for i in idx],
-                      [self.answers[i] for i in idx], [self.families[i] for i in idx])
+        pick = lambda values: [values[i] for i in idx]
+        return VQASet(self.images, self.scenes, self.image[idx], pick(self.questions), pick(self.answers),
+                      pick(self.families), pick(self.about_held_out))
+
+def held_out_scenes(n: int, seed: int) -> list[list[dict]]:
+    """`n` scenes drawn as validation scenes are (every pair allowed) that hold a `HELD_OUT` pair, a third each with
+    one, two and three objects like every other split, though a held-out pair is likelier in a crowded scene."""
+    rng = random.Random(f'held-out-scenes-{seed}')
+    pairs = [(c, s) for c in COLOURS for s in SHAPES]
+    wanted = [n // 3 + (k < n % 3) for k in range(3)]                  # scenes still wanted with k + 1 objects
+    scenes = []
+    while len(scenes) < n:
+        scene = _sample_scene(rng, 3, pairs)
+        if wanted[len(scene) - 1] and any((o['colour'], o['shape']) in HELD_OUT for o in scene):
+            wanted[len(scene) - 1] -= 1
+            scenes.append(scene)
+    return scenes
+
+CONTROLLED = ('colour', 'shape')   # families that also ask about a seen-pair object on held-out scenes
+
+def _control(family: str, scene: list, rng: random.Random) -> tuple[str, str] | None:
+    "A `family` question about an object of a seen pair in `scene`, where one can be named uniquely."
+    seen = [o for o in scene if (o['colour'], o['shape']) not in HELD_OUT]
+    rng.shuffle(seen)
+    return next((qa for o in seen if (qa := ASK[family](scene, rng, o))), None)
 
 def make_vqa(n_images: int, split: str = 'train', seed: int = 0, image_size: int = 32,
              families: Sequence[str] = FAMILIES, per_image: dict[str, int] | None = None) -> VQASet:
     """Questions about `n_images` scenes of `split` ('train', 'seen' or 'held_out'), reproducible from `seed`:
-    up to `per_image[family]` different questions of a family per image (default 1)."""
+    up to `per_image[family]` different questions of a family per image (default 1); on `held_out` scenes also a
+    colour and a shape control about a seen pair where the scene has one."""
     if split not in SPLITS: raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     if n_images < 1: raise ValueError(f"n_images must be at least 1, got {n_images}")
     unknown = set(families) - set(FAMILIES)
     if unknown: raise ValueError(f"unknown question families {sorted(unknown)}; choose from {FAMILIES}")
     seen_pairs = [(c, s) for c in COLOURS for s in SHAPES if (c, s) not in HELD_OUT]
-    if split == 'held_out':                       # about 1 in 4 validation scenes has a held-out pair: draw enough
-        ds = ShapesDataset(5 * n_images + 50, 'val', seed=seed + 2000, image_size=image_size)
-        keep = ds.held_out.nonzero()[:, 0][:n_images]
-        images, scenes = ds.images[keep], [ds.scenes[i] for i in keep.tolist()]
+    if split == 'held_out':
+        scenes = held_out_scenes(n_images, seed)
+        images = render_scenes(scenes, image_size)
     else:
         ds = ShapesDataset(n_images, 'train', seed=seed if split == 'train' else seed + 1000, image_size=image_size)
         images, scenes = ds.images, ds.scenes
     rng = random.Random(f'vqa-{split}-{seed}')
-    image, qs, ans, fams = [], [], [], []
+    rows = []                                                          # (image, question, answer, family, about)
     for i, scene in enumerate(scenes):
         targets = [o for o in scene if (o['colour'], o['shape']) in HELD_OUT] if split == 'held_out' else [None]
         target, absent = rng.choice(targets), HELD_OUT if split == 'held_out' else seen_pairs
         for family in families:
             n_asks = (per_image or {}).get(family, 1)
+            about = target is not None and family != 'count'           # count never names an object
             asked = {ASK[family](scene, rng, target, absent) for _ in range(n_asks)} - {None}
-            for q, a in sorted(asked):
-                image.append(i); qs.append(q); ans.append(a); fams.append(family)
-    return VQASet(images, scenes, torch.tensor(image), qs, ans, fams)
+            rows += [(i, q, a, family, about) for q, a in sorted(asked)]
+            if split == 'held_out' and family in CONTROLLED and (qa := _control(family, scene, rng)):
+                rows.append((i, *qa, family, False))
+    image, qs, ans, fams, about = zip(*rows) if rows else ((),) * 5
+    return VQASet(images, scenes, torch.tensor(image, dtype=torch.long), list(qs), list(ans), list(fams), list(about))
+
+# %% ../nbs/07a_vqa.ipynb #198085a3
+TEST_SCENES = 100   # evaluation scenes of seed >= this are test scenes: reported, never chosen on
