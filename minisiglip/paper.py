@@ -13,16 +13,18 @@ from statistics import mean
 import torch
 import torch.multiprocessing as mp
 from tqdm import tqdm
-from .losses import masked_sigmoid_loss, markdown_table
+from torch import Tensor
+from .losses import masked_sigmoid_loss, negative_mask, prior_bias, markdown_table
 from .train import TrainConfig, train, lr_at, NOISE_KINDS
 from .data import Tokenizer, ShapesDataset
 from .eval import evaluate, same_key, scene_key, chance_recall, zero_shot_chance
 
 # %% auto #0
-__all__ = ['BASE', 'SELECT_SEED', 'TEST_SEED', 'N_EVAL', 'LRS', 'SEEDS', 'BATCHES', 'INITS', 'KEEP', 'MASKS', 'NOISE_FRAC',
-           'CLAIMS', 'CLAIM_NAMES', 'run_key', 'run_experiment', 'load_runs', 'run_many', 'grid_specs', 'best_lr',
-           'matched_steps', 'claim_specs', 'run_study', 'arm_results', 'spread', 'compare', 'combine', 'r1s',
-           'claim_batch', 'claim_bias', 'claim_masking', 'claim_noise', 'verdicts', 'chance_levels']
+__all__ = ['BASE', 'SELECT_SEED', 'TEST_SEED', 'N_EVAL', 'LR_LADDER', 'FIRST_LRS', 'SEEDS', 'BATCHES', 'INITS', 'KEEP', 'MASKS',
+           'NOISE_FRAC', 'INIT_NAMES', 'CLAIMS', 'CLAIM_NAMES', 'run_key', 'run_experiment', 'load_runs', 'run_many',
+           'matched_steps', 'study_arms', 'lr_grid', 'best_lr', 'is_bracketed', 'grid_extension', 'run_study',
+           'arm_results', 'spread', 'compare', 'combine', 'r1s', 'claim_batch', 'claim_bias', 'claim_masking',
+           'retention', 'claim_noise', 'verdicts', 'chance_levels', 'negative_share']
 
 # %% ../nbs/09_paper.ipynb #62ce43a1
 BASE = dict(preset='tiny', steps=200, batch_size=64, lr=1e-3, warmup_steps=20, n_train=20_000,
@@ -35,14 +37,17 @@ def run_key(spec: dict) -> str:
 
 def run_experiment(spec: dict) -> dict:
     """Train the run `spec` (`TrainConfig` fields over `BASE`, plus `keep_ratio` and `strategy` for the masked loss)
-    with `minisiglip.train.train` and evaluate it; returns test metrics, the selection R@1, the final t and b and a
-    thinned loss curve."""
+    with `minisiglip.train.train` and evaluate it; returns test metrics, the selection R@1, the final t and b, and
+    the loss and the gradient on b every 5 steps. A run that turns non-finite is `diverged` (with the cause): it
+    left no model, so it scores 0 everywhere, a point of its arm's learning-rate grid that every finished run beats."""
     spec = dict(spec)
     keep, strategy = spec.pop('keep_ratio', 1.), spec.pop('strategy', 'random')
     loss_fn = None if keep == 1 else partial(masked_sigmoid_loss, keep_ratio=keep, strategy=strategy)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as out:
-        model, state = train(TrainConfig(**{**BASE, **spec, 'out_dir': out}), loss_fn=loss_fn)
+        try: model, state = train(TrainConfig(**{**BASE, **spec, 'out_dir': out}), loss_fn=loss_fn)
+        except FloatingPointError as e:
+            return dict(diverged=str(e), r1=0., zs=0., colour=0., shape=0., select_r1=0., secs=time.perf_counter() - t0)
     secs = time.perf_counter() - t0
     tok, h = Tokenizer.from_dict(state['tokenizer']), state['history']
     test = evaluate(model, tok, n=N_EVAL, seed=TEST_SEED)
@@ -50,7 +55,8 @@ def run_experiment(spec: dict) -> dict:
     zs = test['zero_shot']
     return dict(r1=test['retrieval']['i2t_r1'], zs=(zs['colour'] + zs['shape']) / 2, colour=zs['colour'],
                 shape=zs['shape'], select_r1=select, t=h['t'][-1], b=h['b'][-1], steps=state['step'],
-                first_loss=h['loss'][0], final_loss=mean(h['loss'][-10:]), loss=h['loss'][::5], secs=secs)
+                first_loss=h['loss'][0], final_loss=mean(h['loss'][-10:]), loss=h['loss'][::5],
+                b_grad=h['b_grad'][::5], secs=secs)
 
 # %% ../nbs/09_paper.ipynb #b05578c6
 def _run_worker(key: str) -> tuple[str, dict]:
@@ -80,52 +86,72 @@ def run_many(specs: list[dict], path: str | Path, workers: int = 2) -> dict[str,
     return {run_key(s): done[run_key(s)] for s in specs}
 
 # %% ../nbs/09_paper.ipynb #25812811
-LRS, SEEDS, BATCHES = (3e-4, 1e-3, 3e-3), (0, 1, 2), (16, 32, 64, 128)
-INITS = {'t=10, b=-10': {}, 't=10, b=0': dict(init_bias=0.), 't=1, b=0': dict(init_scale=1., init_bias=0.)}
-KEEP, MASKS = 0.25, ('random', 'hard', 'hard_per_image', 'easy')
+LR_LADDER = (3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)   # half-decade steps: where an arm's grid may grow
+FIRST_LRS = (3e-4, 1e-3, 3e-3)                          # every arm's first grid
+SEEDS, BATCHES = (0, 1, 2), (16, 32, 64, 128)
+INITS = {'t=10, b=-10': {}, 't=10, b=prior': dict(init_bias=prior_bias(64)), 't=10, b=0': dict(init_bias=0.),
+         't=1, b=0': dict(init_scale=1., init_bias=0.)}
+KEEP, MASKS = 1 / 32, ('random', 'hard', 'hard_per_image', 'easy')   # about 2 of each image's 63 negatives kept
 NOISE_FRAC = 0.5
-
-def grid_specs() -> list[dict]:
-    "Seed 0 of every claim-1 arm at every learning rate of `LRS`."
-    return [dict(loss=l, batch_size=b, lr=lr, seed=0) for l in ('sigmoid', 'softmax') for b in BATCHES for lr in LRS]
-
-def best_lr(runs: dict[str, dict], loss: str, batch: int) -> float:
-    "The learning rate of `LRS` whose seed-0 run of (`loss`, `batch`) has the best selection R@1."
-    return max(LRS, key=lambda lr: runs[run_key(dict(loss=loss, batch_size=batch, lr=lr, seed=0))]['select_r1'])
 
 def matched_steps(n: int, keep: float, steps: int = BASE['steps']) -> int:
     "Steps for a run that keeps `keep` of the negatives to see as many pairs as `steps` steps of the full loss."
     return round(steps * n * n / (n + keep * (n * n - n)))
 
-def claim_specs(runs: dict[str, dict], tower: str) -> dict[str, dict[str, list[dict]]]:
-    "Every arm of the four claims as {claim: {arm: [spec per seed]}}, with the learning rates picked from `runs`."
-    lr = {(l, b): best_lr(runs, l, b) for l in ('sigmoid', 'softmax') for b in BATCHES}
-    seeds = lambda **kw: [dict(kw, seed=s) for s in SEEDS]
-    lit = dict(preset='tiny_wide', init_image=tower, freeze_image=True, lr=lr['sigmoid', 64])
-    noise = lambda k: {} if k == 'none' else dict(noise=k, noise_frac=NOISE_FRAC)
+def study_arms(tower: str) -> dict[str, dict[str, dict]]:
+    "Every arm of the four claims, {claim: {arm: its spec without `lr` and `seed`}}; `tower` is claim 3's run folder."
+    sigmoid = lambda b, **kw: dict(loss='sigmoid', batch_size=b, **kw)
+    lit = dict(preset='tiny_wide', init_image=tower, freeze_image=True)             # batch 64, sigmoid: BASE's
+    masked = lambda strategy, **kw: dict(lit, keep_ratio=KEEP, strategy=strategy, **kw)
+    noisy = lambda loss, kind: dict(loss=loss, batch_size=64, **({} if kind == 'none' else
+                                                                 dict(noise=kind, noise_frac=NOISE_FRAC)))
     return {
-        'batch': {f'{l} {b}': seeds(loss=l, batch_size=b, lr=lr[l, b])
-                  for l in ('sigmoid', 'softmax') for b in BATCHES},
-        'bias': {name: seeds(loss='sigmoid', batch_size=64, lr=lr['sigmoid', 64], **kw) for name, kw in INITS.items()},
-        'noise': {f'{l} {k}': seeds(loss=l, batch_size=64, lr=lr[l, 64], **noise(k))
-                  for k in NOISE_KINDS for l in ('sigmoid', 'softmax')},
-        'masking': {'all negatives': seeds(**lit),
-                    **{s: seeds(**lit, keep_ratio=KEEP, strategy=s) for s in MASKS},
-                    'hard, matched pairs': seeds(**lit, keep_ratio=KEEP, strategy='hard',
-                                                 steps=matched_steps(64, KEEP))}}
+        'batch': {**{f'{l} {b}': dict(loss=l, batch_size=b) for l in ('sigmoid', 'softmax') for b in BATCHES},
+                  **{f'sigmoid {b}, b = prior': sigmoid(b, init_bias=prior_bias(b)) for b in BATCHES}},
+        'bias': {name: sigmoid(64, **kw) for name, kw in INITS.items()},
+        'masking': {'all negatives': lit, **{m: masked(m) for m in MASKS},
+                    'hard, matched pairs': masked('hard', steps=matched_steps(64, KEEP))},
+        'noise': {f'{l} {k}': noisy(l, k) for k in NOISE_KINDS for l in ('sigmoid', 'softmax')}}
+
+def lr_grid(runs: dict[str, dict], arm: dict) -> list[float]:
+    "The learning rates at which seed 0 of `arm` has run, in order: its grid."
+    return [lr for lr in LR_LADDER if run_key(dict(arm, lr=lr, seed=0)) in runs]
+
+def best_lr(runs: dict[str, dict], arm: dict) -> float:
+    "The rate of `arm`'s grid whose seed-0 run has the best selection R@1."
+    return max(lr_grid(runs, arm), key=lambda lr: runs[run_key(dict(arm, lr=lr, seed=0))]['select_r1'])
+
+def is_bracketed(runs: dict[str, dict], arm: dict) -> bool:
+    "Whether `arm`'s best rate lies strictly inside its grid, so that a better one is not likely outside it."
+    grid = lr_grid(runs, arm)
+    return grid[0] < best_lr(runs, arm) < grid[-1]
+
+def grid_extension(runs: dict[str, dict], arm: dict) -> list[float]:
+    "The next rate of `LR_LADDER` beyond the edge of `arm`'s grid where its best rate sits ([] once bracketed)."
+    grid, best = lr_grid(runs, arm), best_lr(runs, arm)
+    i = LR_LADDER.index(best)
+    if best == grid[0] and i > 0: return [LR_LADDER[i - 1]]
+    if best == grid[-1] and i + 1 < len(LR_LADDER): return [LR_LADDER[i + 1]]
+    return []
 
 def run_study(path: str | Path, tower: str, workers: int = 2) -> dict:
-    "Run (or read from `path`) the grid, then every arm of every claim; returns the arms' results by claim."
-    run_many(grid_specs(), path, workers)
-    arms = claim_specs(load_runs(path), tower)
-    run_many([s for claim in arms.values() for specs in claim.values() for s in specs], path, workers)
+    """Run (or read from `path`) every arm's seed 0 over its grid, growing the grids until each best rate is inside,
+    then seeds 1 and 2 at each arm's rate; returns the arms' results by claim."""
+    arms = list({run_key(a): a for claim in study_arms(tower).values() for a in claim.values()}.values())
+    todo = [dict(a, lr=lr, seed=0) for a in arms for lr in FIRST_LRS]
+    while todo:
+        run_many(todo, path, workers)
+        runs = load_runs(path)
+        todo = [dict(a, lr=lr, seed=0) for a in arms for lr in grid_extension(runs, a)]
+    run_many([dict(a, lr=best_lr(runs, a), seed=s) for a in arms for s in SEEDS[1:]], path, workers)
     return arm_results(path, tower)
 
 def arm_results(path: str | Path, tower: str) -> dict[str, dict[str, list[dict]]]:
-    "{claim: {arm: [result per seed]}} from the saved runs alone."
+    "{claim: {arm: [result per seed at the arm's rate]}}, from the saved runs alone."
     runs = load_runs(path)
-    return {c: {a: [runs[run_key(s)] for s in specs] for a, specs in arms.items()}
-            for c, arms in claim_specs(runs, tower).items()}
+    return {c: {name: [runs[run_key(dict(arm, lr=best_lr(runs, arm), seed=s))] for s in SEEDS]
+                for name, arm in arms.items()}
+            for c, arms in study_arms(tower).items()}
 
 # %% ../nbs/09_paper.ipynb #1da77488
 def spread(xs: list[float]) -> float: return max(xs) - min(xs)
@@ -142,17 +168,24 @@ def combine(parts: list[int]) -> str:
 # %% ../nbs/09_paper.ipynb #6e79f214
 def r1s(arm: list[dict], key: str = 'r1') -> list[float]: return [r[key] for r in arm]
 
+INIT_NAMES = {'': 'b = −10', ', b = prior': 'b = −log(n − 1)'}   # claim 1's sigmoid arms: the arm suffix, the init
+
 def claim_batch(arms: dict[str, list[dict]]) -> dict:
-    "Claim 1: sigmoid beats softmax at the two smallest batches (and the gap by batch, to read the trend)."
-    vs = {b: compare(r1s(arms[f'sigmoid {b}']), r1s(arms[f'softmax {b}'])) for b in BATCHES}
-    gap = {b: mean(r1s(arms[f'sigmoid {b}'])) - mean(r1s(arms[f'softmax {b}'])) for b in BATCHES}
-    return dict(verdict=combine([vs[b] for b in BATCHES[:2]]), by_batch=vs, gap=gap)
+    """Claim 1 for each bias init of the sigmoid arms: sigmoid beats softmax at the two smallest batches (and the gap
+    by batch, to read the trend). The verdict names the init each part rests on."""
+    by_init = {}
+    for suffix, init in INIT_NAMES.items():
+        sig = lambda b: r1s(arms[f'sigmoid {b}{suffix}'])
+        vs = {b: compare(sig(b), r1s(arms[f'softmax {b}'])) for b in BATCHES}
+        gap = {b: mean(sig(b)) - mean(r1s(arms[f'softmax {b}'])) for b in BATCHES}
+        by_init[init] = dict(verdict=combine([vs[b] for b in BATCHES[:2]]), by_batch=vs, gap=gap)
+    return dict(verdict='; '.join(f"{v['verdict']} with {init}" for init, v in by_init.items()), by_init=by_init)
 
 def claim_bias(arms: dict[str, list[dict]]) -> dict:
-    "Claim 2: t=10, b=-10 beats both b=0 inits."
-    base, *others = INITS
-    vs = {o: compare(r1s(arms[base]), r1s(arms[o])) for o in others}
-    return dict(verdict=combine(list(vs.values())), vs=vs)
+    "Claim 2: t=10, b=-10 beats both b=0 inits; beside it, the prior of the batch against b=-10 (not the paper's claim)."
+    paper = 't=10, b=-10'
+    vs = {o: compare(r1s(arms[paper]), r1s(arms[o])) for o in ('t=10, b=0', 't=1, b=0')}
+    return dict(verdict=combine(list(vs.values())), vs=vs, prior_vs_paper=compare(r1s(arms['t=10, b=prior']), r1s(arms[paper])))
 
 def claim_masking(arms: dict[str, list[dict]]) -> dict:
     "Claim 3, in four parts; the per-image hard variant is compared with the global one but is not part of the claim."
@@ -165,16 +198,25 @@ def claim_masking(arms: dict[str, list[dict]]) -> dict:
     return dict(verdict=combine(list(parts.values())), parts=parts,
                 per_image_vs_global=compare(r1s(arms['hard_per_image']), r1s(arms['hard'])))
 
+def retention(noisy: list[dict], clean: list[dict]) -> list[float]:
+    "Each seed's R@1 under noise as a share of the same loss and seed's clean R@1: how much of it the noise left."
+    return [n['r1'] / c['r1'] for n, c in zip(noisy, clean)]
+
 def claim_noise(arms: dict[str, list[dict]]) -> dict:
-    "Claim 4: under each kind of noise, sigmoid's R@1 beats softmax's (absolute, not relative to clean)."
-    vs = {k: compare(r1s(arms[f'sigmoid {k}']), r1s(arms[f'softmax {k}'])) for k in NOISE_KINDS if k != 'none'}
-    return dict(verdict=combine(list(vs.values())), by_kind=vs)
+    """Claim 4: under each kind of noise sigmoid keeps more of its clean R@1 than softmax does (relative, the
+    verdict); beside it the absolute comparison of R@1 under noise, which also carries any gap between clean runs."""
+    kinds = [k for k in NOISE_KINDS if k != 'none']
+    kept = lambda l, k: retention(arms[f'{l} {k}'], arms[f'{l} none'])
+    rel = {k: compare(kept('sigmoid', k), kept('softmax', k)) for k in kinds}
+    absolute = {k: compare(r1s(arms[f'sigmoid {k}']), r1s(arms[f'softmax {k}'])) for k in kinds}
+    return dict(verdict=combine(list(rel.values())), by_kind=rel,
+                absolute=dict(verdict=combine(list(absolute.values())), by_kind=absolute))
 
 CLAIMS = {'batch': claim_batch, 'bias': claim_bias, 'noise': claim_noise, 'masking': claim_masking}
 CLAIM_NAMES = {'batch': '1. sigmoid beats softmax at small batch (Fig. 2)',
                'bias': '2. b = −10 init beats b = 0 (Table 4)',
                'masking': '3. masking: easy worst, random hurts, hard least, matched hard = full (Fig. 6)',
-               'noise': '4. sigmoid stays better under label noise (Fig. 7)'}
+               'noise': '4. sigmoid keeps more of its accuracy under label noise (Fig. 7)'}
 
 def verdicts(path: str | Path, tower: str = '../runs/demo') -> dict[str, dict]:
     "Every claim's verdict and its parts, from the saved runs in `path` alone."
@@ -189,3 +231,22 @@ def chance_levels(n: int = N_EVAL, seed: int = TEST_SEED) -> dict[str, float]:
     zs = zero_shot_chance()
     return dict(r1=chance_recall(same_key([scene_key(s) for s in val.scenes]), ks=(1,))['chance_r1'], r1_exact=1 / n,
                 colour=zs['colour'], shape=zs['shape'], zs=(zs['colour'] + zs['shape']) / 2)
+
+# %% ../nbs/09_paper.ipynb #783ca05c
+def negative_share(zimg: Tensor, ztxt: Tensor, scale: float, bias: float, keep_ratio: float, strategy: str,
+                   seed: int = 0) -> dict[str, float]:
+    """What a `strategy` mask keeping `keep_ratio` of the negatives leaves of the sigmoid loss's gradient on one batch:
+    `share`, the kept negatives' part of the negatives' gradient on the logits (a negative's is σ(logit)), and
+    `change`, the distance between the embeddings' gradients with the mask and without, relative to the latter."""
+    mask = lambda: torch.Generator().manual_seed(seed)                  # one draw for 'random', the same each time
+    grads = []
+    for keep in (1., keep_ratio):
+        zi, zt = (z.detach().clone().requires_grad_() for z in (zimg, ztxt))
+        masked_sigmoid_loss(zi, zt, scale, bias, keep, strategy, generator=mask()).backward()
+        grads.append(torch.cat([zi.grad, zt.grad]))
+    logits = (scale * zimg @ ztxt.T + bias).detach()
+    negatives = ~torch.eye(len(logits), dtype=torch.bool)
+    mass = torch.sigmoid(logits) * negatives
+    kept = negative_mask(logits, keep_ratio, strategy, mask()) & negatives
+    return dict(share=((mass * kept).sum() / mass.sum()).item(),
+                change=((grads[1] - grads[0]).norm() / grads[0].norm()).item())
