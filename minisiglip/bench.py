@@ -14,8 +14,8 @@ from .chunked import chunked_sigmoid_loss
 from .distributed import loss_step, spawn, pick_device, DEVICES
 
 # %% auto #0
-__all__ = ['SINGLE', 'DTYPES', 'SPAWNED', 'time_round_robin', 'row_loss', 'row_step', 'measure_rows', 'spawned_row',
-           'add_bench_args', 'run_bench']
+__all__ = ['SINGLE', 'DTYPES', 'SPAWNED', 'time_round_robin', 'RowUnavailable', 'row_loss', 'row_step', 'measure_rows',
+           'spawned_row', 'add_bench_args', 'run_bench']
 
 # %% ../nbs/02b_bench.ipynb #0c214a5d
 def time_round_robin(fns: dict[str, Callable[[], object]], repeats: int, device: str | None = None) -> dict[str, float]:
@@ -29,15 +29,30 @@ def time_round_robin(fns: dict[str, Callable[[], object]], repeats: int, device:
     return {k: statistics.median(v) for k, v in times.items()}
 
 # %% ../nbs/02b_bench.ipynb #a0f640d3
-SINGLE = ('sigmoid_loss', 'chunked_sigmoid_loss', 'softmax_loss', 'open_clip SigLipLoss')
+SINGLE = ('sigmoid_loss', 'chunked_sigmoid_loss', 'softmax_loss', 'open_clip SigLipLoss', 'fused_sigmoid_loss',
+          'siglip-kernel')
 DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16}
 SPAWNED = {'ring_sigmoid_loss': 'ring', 'gather_softmax_loss': 'gather-softmax'}   # row -> `distributed.loss_step` method
 
-def row_loss(name: str, chunk_size: int) -> Callable:
-    "The loss of single-process row `name` as `f(zimg, ztxt, scale, bias)`; raises ImportError if open_clip is not installed."
+class RowUnavailable(Exception):
+    "A row this machine cannot run (a GPU-only kernel on CPU): the table keeps it, with this as its note."
+
+def row_loss(name: str, chunk_size: int, device: str = 'cpu') -> Callable:
+    """The loss of single-process row `name` on `device` as `f(zimg, ztxt, scale, bias)`. Raises `ImportError` when
+    its package is not installed (open_clip, Triton, siglip-kernel) and `RowUnavailable` when it cannot run here."""
+    on_cuda = torch.device(device).type == 'cuda'
     if name == 'open_clip SigLipLoss':
         from open_clip.loss import SigLipLoss
         return SigLipLoss()
+    if name == 'fused_sigmoid_loss':
+        from minisiglip.kernels import fused_sigmoid_loss, INTERPRETED
+        if not (on_cuda or INTERPRETED): raise RowUnavailable('the Triton kernel needs CUDA, or TRITON_INTERPRET=1 '
+                                                              'on CPU (the interpreter: slow)')
+        return fused_sigmoid_loss
+    if name == 'siglip-kernel':
+        if not on_cuda: raise RowUnavailable('siglip-kernel runs on CUDA only')
+        from siglip_kernel import fused_siglip_loss
+        return lambda x, y, t, b: fused_siglip_loss(x, y, t.log(), b)   # it takes log t
     return {'sigmoid_loss': sigmoid_loss, 'softmax_loss': lambda x, y, t, b: softmax_loss(x, y, t),
             'chunked_sigmoid_loss': lambda x, y, t, b: chunked_sigmoid_loss(x, y, t, b, chunk_size)}[name]
 
@@ -49,7 +64,7 @@ def row_step(name: str, n: int, d: int, chunk_size: int, seed: int = 0, device: 
     g = torch.Generator().manual_seed(seed)
     x, y = (F.normalize(torch.randn(n, d, generator=g), dim=-1).to(device, dtype).requires_grad_() for _ in range(2))
     t, b = (torch.tensor(v, device=device, requires_grad=True) for v in (10., -10.))
-    loss_fn = row_loss(name, chunk_size)
+    loss_fn = row_loss(name, chunk_size, device)
     def step():
         for p in (x, y, t, b): p.grad = None
         loss = loss_fn(x, y, t, b); loss.backward()
@@ -96,7 +111,7 @@ def add_bench_args(parser: argparse.ArgumentParser) -> None:
                         help='embeddings dtype (the losses sum in fp32)')
 
 def run_bench(args: argparse.Namespace) -> int:
-    "Measure every row, print a table, write JSON. A row that cannot run (open_clip not installed) is kept with a note."
+    "Measure every row, print a table, write JSON. A row that cannot run here (a package missing) is kept with a note."
     worlds = [int(w) for w in str(args.world_sizes).split(',') if w.strip()]
     if args.n < 1 or args.d < 1 or args.repeats < 1 or args.chunk_size < 1 or any(w < 1 for w in worlds):
         raise ValueError('--n, --d, --chunk-size, --repeats and every world size must be positive')
@@ -107,10 +122,10 @@ def run_bench(args: argparse.Namespace) -> int:
     for name, world in [(s, 1) for s in SINGLE] + [(s, w) for s in SPAWNED for w in worlds]:
         rows.append(dict(name=name, world_size=world, n=args.n, d=args.d, chunk_size=args.chunk_size))
         try:
-            if world == 1: row_loss(name, args.chunk_size)
-            if gpus is not None and world > gpus: raise ImportError(f'{world} ranks need {world} GPUs, {gpus} here')
+            if world == 1: row_loss(name, args.chunk_size, device.type)
+            if gpus is not None and world > gpus: raise RowUnavailable(f'{world} ranks need {world} GPUs, {gpus} here')
             available.append(rows[-1])
-        except ImportError as e: rows[-1]['note'] = f'skipped: {e}'
+        except (ImportError, RowUnavailable) as e: rows[-1]['note'] = f'skipped: {e}'
     single = measure_rows([r['name'] for r in available if r['world_size'] == 1], args.n, args.d, args.chunk_size,
                           args.repeats, device=str(device), dtype=dtype)
     floor_s = next(iter(single.values()))['floor_s']
