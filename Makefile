@@ -1,5 +1,6 @@
 # `make docs`: README.md and docs/ from the notebooks, then the HTML site in site/ (open site/index.html).
-.PHONY: docs site
+# `make dist`: the sdist and wheel in dist/, checked with twine (what the release workflow uploads).
+.PHONY: docs site dist
 
 docs:
 	python .ci/make_docs.py
@@ -7,3 +8,8 @@ docs:
 
 site:
 	python .ci/build_site.py
+
+dist:
+	rm -rf dist
+	python -m build
+	python -m twine check --strict dist/*

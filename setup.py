@@ -1,5 +1,6 @@
 """Packaging for minisiglip: every field comes from settings.ini, as in nbdev 2 projects."""
 from configparser import ConfigParser
+import re
 import setuptools
 
 config = ConfigParser(delimiters=['='])
@@ -18,6 +19,14 @@ dev_requirements = cfg.get('dev_requirements', '').split()
 hf_requirements = cfg.get('hf_requirements', '').split()   # transformers' own tokenizer for Google's spiece.model folders
 console_scripts = cfg.get('console_scripts', '').split()
 
+
+def long_description() -> str:
+    "README.md with its repository-relative links made absolute, so that they work on PyPI's page too."
+    text = open('README.md', encoding='utf-8').read()
+    absolute = lambda m: f"]({cfg['git_url']}/blob/{cfg['branch']}/{m[1]})"
+    return re.sub(r'\]\((?!https?:|#|mailto:)([^)\s]+)\)', absolute, text)
+
+
 setuptools.setup(
     name=cfg['lib_name'],
     version=cfg['version'],
@@ -33,7 +42,7 @@ setuptools.setup(
     install_requires=requirements,
     extras_require={'dev': dev_requirements + hf_requirements, 'hf': hf_requirements},
     python_requires='>=' + min_python,
-    long_description=open('README.md', encoding='utf-8').read(),
+    long_description=long_description(),
     long_description_content_type='text/markdown',
     zip_safe=False,
     entry_points={'console_scripts': console_scripts, 'nbdev': [f"{cfg['lib_path']}={cfg['lib_path']}._modidx:d"]},

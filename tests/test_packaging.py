@@ -32,3 +32,32 @@ def test_wheel_installs_and_runs(tmp_path, run_env):
     assert file.startswith(str(tmp_path / 'venv')), f"imported {file}, not the installed wheel"
     assert 0 < float(loss) < 20
     assert 'losses' in run([str(tmp_path / 'venv' / 'bin' / 'minisiglip'), '--help'], cwd=tmp_path)
+
+
+def test_release_files_hold_the_library_and_nothing_of_the_runs(tmp_path):
+    """`make dist`'s sdist and wheel: the sdist builds the wheel on its own (it carries settings.ini), twine accepts
+    both, the wheel holds the package, its CLI and licence and no notebook, run or test, and the long description's
+    links point at the repository (they are relative in README.md)."""
+    import tarfile, zipfile
+    run([sys.executable, '-m', 'build', '--no-isolation', '--outdir', str(tmp_path)], cwd=REPO)
+    sdist, = tmp_path.glob('minisiglip-*.tar.gz')
+    wheel, = tmp_path.glob('minisiglip-*.whl')
+    run([sys.executable, '-m', 'twine', 'check', '--strict', str(sdist), str(wheel)])
+    files = zipfile.ZipFile(wheel).namelist()
+    assert all(f.startswith(('minisiglip/', 'minisiglip-')) for f in files), files
+    assert {'minisiglip/cli.py', 'minisiglip/kernels.py'} <= set(files)
+    info = next(f for f in files if f.endswith('.dist-info/entry_points.txt'))
+    assert 'minisiglip = minisiglip.cli:main' in zipfile.ZipFile(wheel).read(info).decode()
+    assert any(f.endswith('licenses/LICENSE') for f in files)
+    metadata = zipfile.ZipFile(wheel).read(next(f for f in files if f.endswith('METADATA'))).decode()
+    assert '](docs/' not in metadata and '](https://github.com/minisiglip/minisiglip/blob/main/docs/' in metadata
+    names = tarfile.open(sdist).getnames()
+    assert any(n.endswith('/settings.ini') for n in names)
+    assert not any(part in n for n in names for part in ('/nbs/', '/tests/', '/docs/')), names
+
+
+def test_workflows_follow_the_github_schema():
+    "The CI and release workflows validate against GitHub's workflow schema (check-jsonschema's vendored copy)."
+    workflows = sorted(str(p) for p in (REPO / '.github' / 'workflows').glob('*.yaml'))
+    assert len(workflows) == 2, workflows
+    run([sys.executable, '-m', 'check_jsonschema', '--builtin-schema', 'vendor.github-workflows', *workflows])
