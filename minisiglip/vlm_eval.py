@@ -205,8 +205,9 @@ def run_arm(overrides: dict, siglip: str | Path = 'runs/demo', seed: int = 0, lr
     if test: row['test'] = splits(evaluate_vlm(model, tok, n_eval, seed=TEST_SCENES + seed))
     loss = state['history']['loss']
     loss_every_10 = [sum(loss[i:i + 10]) / len(loss[i:i + 10]) for i in range(0, len(loss), 10)]
-    return {**row, 'train_s': state['train_s'], 'visual_tokens': model.n_visual, **splits(ev),
-            'answers_per_s': ev['answers_per_s'], 'loss_every_10': loss_every_10}
+    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {**row, 'train_s': state['train_s'], 'visual_tokens': model.n_visual, 'params_trained': trained,
+            **splits(ev), 'answers_per_s': ev['answers_per_s'], 'loss_every_10': loss_every_10}
 
 def run_variants(siglip: str | Path, variants: dict[str, dict] = VARIANTS, **kwargs) -> dict[str, dict]:
     "`run_arm` for each variant's overrides (same seed and evaluation scenes): its row by the variant's name."
