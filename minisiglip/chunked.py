@@ -11,9 +11,24 @@ from torch import Tensor
 from .losses import read_loss_inputs, accum_dtype, no_autocast
 
 # %% auto #0
-__all__ = ['sigmoid_block_loss_and_grads', 'chunked_sigmoid_loss', 'cached_embedding_step']
+__all__ = ['LOGIT_BUDGET', 'PRODUCTS_16BIT', 'auto_chunk_size', 'sigmoid_block_loss_and_grads', 'chunked_sigmoid_loss',
+           'cached_embedding_step']
 
 # %% ../nbs/01_chunked.ipynb #0b094337
+LOGIT_BUDGET = 256 * 2**20      # bytes of float32 logits a block may hold at once when no chunk size is given
+# devices whose GEMMs take 16-bit operands and sum and write float32 (`out_dtype`)
+PRODUCTS_16BIT = ('cuda',)
+
+def auto_chunk_size(n: int, m: int, budget: int = LOGIT_BUDGET) -> int:
+    """Texts per chunk of an `(n, m)` block: all `m` when their `(n, m)` float32 logits fit in `budget`
+    bytes, else as many as fit."""
+    return max(1, min(m, budget // (4 * n)))
+
+def _mm_16bit(a: Tensor, b: Tensor, out: Tensor) -> Tensor:
+    """`out = a @ b` for 16-bit `a`, `b` and a float32 `out`: one GEMM that sums in float32 (a GPU's
+    `out_dtype`)."""
+    return torch.mm(a, b, out_dtype=out.dtype, out=out)
+
 def _check_chunk_size(chunk_size: int | None) -> None:
     if chunk_size is None: return
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int):
@@ -24,38 +39,53 @@ def _check_chunk_size(chunk_size: int | None) -> None:
 def sigmoid_block_loss_and_grads(zimg: Tensor, ztxt: Tensor, scale: Tensor | float, bias: Tensor | float,
                                  positives: bool, chunk_size: int | None = None
                                  ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """`(loss_sum, dzimg, dztxt, dscale, dbias)` of one image block `(n, d)` against one text block `(m, d)`,
-    without autograd. loss_sum = -sum_ij log_sigmoid(z_ij (scale zimg@ztxt.T + bias)), z = +1 on the diagonal iff
-    `positives` (needs n == m), else -1 everywhere. Texts are processed `chunk_size` at a time (None: all), so at most
-    `n × chunk_size` logits exist at once: this is the unit the chunked loss loops over and the ring loss applies to
-    each block it receives."""
+    """`(loss_sum, dzimg, dztxt, dscale, dbias)` of one image block `(n, d)` against one text block `(m,
+    d)`, without autograd. loss_sum = -sum_ij log_sigmoid(z_ij (scale zimg@ztxt.T + bias)), z = +1 on the
+    diagonal iff `positives` (needs n == m), else -1 everywhere. Texts are processed `chunk_size` at a time
+    (None: as many as fit in `LOGIT_BUDGET`), so at most `n × chunk_size` logits exist at once: this is the
+    unit the chunked loss loops over and the ring loss applies to each block it receives. 16-bit inputs on
+    a GPU are multiplied as they are, with float32 sums (`PRODUCTS_16BIT`); elsewhere they are upcast once."""
     _check_chunk_size(chunk_size)
     n, m = zimg.shape[0], ztxt.shape[0]
     if positives and n != m: raise ValueError(f"positives=True needs a square block, got {n} images and {m} texts")
     t, b = float(scale), float(bias)                                  # host reads; callers in a loop pass floats
     acc, dev = accum_dtype(zimg, ztxt), zimg.device
-    zimg, ztxt = zimg.to(acc), ztxt.to(acc)                           # 16-bit inputs: upcast once, O(nd)
-    c = min(chunk_size or m, m)
+    low = (zimg.dtype in (torch.float16, torch.bfloat16) and zimg.dtype == ztxt.dtype
+           and dev.type in PRODUCTS_16BIT)
+    # upcast once, O(nd); a no-op for float32
+    if not low: zimg, ztxt = zimg.to(acc), ztxt.to(acc)
+    c = min(chunk_size or auto_chunk_size(n, m), m)
     buf = torch.empty(n * c, dtype=acc, device=dev)                   # the only (n, chunk) block, reused by every chunk
+    # G rounded for the 16-bit products
+    g16 = torch.empty(n * c, dtype=zimg.dtype, device=dev) if low else None
     rows = -(-n // 4)                                                 # softplus scratch: a quarter of the block, 4 calls
     tile = torch.empty(rows * c, dtype=acc, device=dev)               # per chunk (small tiles cost thread syncs)
     dzimg, dztxt = torch.zeros(zimg.shape, dtype=acc, device=dev), torch.empty(ztxt.shape, dtype=acc, device=dev)
+    gy = torch.empty(zimg.shape, dtype=acc, device=dev) if low else None   # one chunk's G Y, added to dzimg
     loss, dbias, bias_t = (torch.full((), v, dtype=acc, device=dev) for v in (0., 0., b))   # no host-to-device copies
     for j0 in range(0, m, c):
         y = ztxt[j0:j0 + c]                                           # (cw, d) texts of this chunk
         blk = buf[:n * len(y)].view(n, len(y))                        # contiguous (n, cw) view of the buffer
-        torch.addmm(bias_t, zimg, y.T, alpha=t, out=blk)              # pass 1: logits
+        if low: _mm_16bit(zimg, y.T, blk).mul_(t).add_(b)             # pass 1: logits
+        else: torch.addmm(bias_t, zimg, y.T, alpha=t, out=blk)
+        # softplus(-l_ii) = softplus(l_ii) - l_ii
+        if positives: loss -= blk.diagonal(-j0).sum()
         for r0 in range(0, n, rows):                                  # pass 2: sum of softplus(logits), tile by tile
             part = blk[r0:r0 + rows]
             loss += torch.ops.aten.softplus.out(part, 1, 20, out=tile[:part.numel()].view_as(part)).sum()
         blk.sigmoid_()                                                # pass 3: G = sigmoid(logits) ...
         if positives: blk.diagonal(-j0).sub_(1)                       # ... minus 1 on the positive pairs, O(n)
         dbias += blk.sum()                                            # pass 4: dL/db = sum G
-        dzimg.addmm_(blk, y)                                          # accumulates sum_j G_ij y_j
-        torch.mm(blk.T, zimg, out=dztxt[j0:j0 + len(y)])              # G^T X for this chunk's texts
+        # the gradient products from G in 16 bits
+        if low:
+            g = g16[:blk.numel()].view_as(blk).copy_(blk)
+            dzimg += _mm_16bit(g, y, gy)                              # accumulates sum_j G_ij y_j
+            _mm_16bit(g.T, zimg, dztxt[j0:j0 + len(y)])               # G^T X for this chunk's texts
+        else:
+            dzimg.addmm_(blk, y)
+            torch.mm(blk.T, zimg, out=dztxt[j0:j0 + len(y)])
     dscale = (zimg * dzimg).sum()                                     # dL/dt = sum_ij G_ij x_i.y_j = sum_i x_i.(G Y)_i
     dzimg.mul_(t); dztxt.mul_(t)                                      # the scale, applied in O(nd)
-    if positives: loss -= (zimg * ztxt).sum() * t + n * b             # softplus(-l_ii) = softplus(l_ii) - l_ii
     return loss, dzimg, dztxt, dscale, dbias
 
 # %% ../nbs/01_chunked.ipynb #39094151

@@ -23,9 +23,10 @@ __all__ = ['DEMO_V1', 'DEMO_PRECISION', 'DEMO_CONFIG', 'V1_FLAGS', 'DEMO_KNOBS',
 
 # %% ../nbs/06a_demo.ipynb #20d57b33
 DEMO_V1 = TrainConfig(preset='tiny_wide', steps=2400, batch_size=64, lr=1e-3, warmup_steps=100, schedule='cosine',
-                      precision='fp32', eval_every=100, ckpt_every=200, n_train=20_000, out_dir='runs/demo')
+                      precision='fp32', eval_every=100, ckpt_every=200, n_train=20_000, out_dir='runs/demo',
+                      drop_last=False)   # the plain stream its committed runs (and the later lessons' tower) used
 DEMO_PRECISION = 'auto'   # both demo commands train in bf16 where that is fast (`train.fast_bf16`)
-# the present recipe: wsd at 1,600 steps (2/3 of DEMO_V1's), in bf16 where that is fast (measured in "Half the time")
+# the present recipe: wsd at 1,600 steps (2/3 of DEMO_V1's), in bf16 where that is fast (06b_demo_recipes)
 DEMO_CONFIG = dataclasses.replace(DEMO_V1, steps=1600, lr=5e-4, schedule='wsd', precision=DEMO_PRECISION)
 
 # %% ../nbs/06a_demo.ipynb #fd13bf33

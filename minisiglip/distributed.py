@@ -21,13 +21,14 @@ import torch.distributed.nn.functional as dist_nn
 import torch.nn.functional as F
 from torch import Tensor
 from .losses import (read_loss_inputs, sigmoid_loss, softmax_loss, peak_bytes, _positive_int,
-                               accum_dtype, no_autocast, _logits, synchronize)
-from .chunked import sigmoid_block_loss_and_grads, _check_chunk_size
+                               accum_dtype, no_autocast, _logits, synchronize, StepReads, check_now,
+                               check_later)
+from .chunked import sigmoid_block_loss_and_grads, _check_chunk_size, LOGIT_BUDGET
 
 # %% auto #0
 __all__ = ['DEVICES', 'BACKENDS', 'LOSSES', 'CommStats', 'ring_sigmoid_loss', 'gather_softmax_loss', 'gather_sigmoid_loss',
-           'pick_device', 'init_distributed', 'spawn', 'loss_step', 'loss_steps', 'add_distributed_args',
-           'run_distributed']
+           'gathered_loss', 'pick_device', 'init_distributed', 'spawn', 'gather_objects', 'fail_together', 'loss_step',
+           'loss_steps', 'add_distributed_args', 'run_distributed']
 
 # %% ../nbs/02_distributed.ipynb #a3211263
 def _world(group: dist.ProcessGroup | None) -> tuple[int, int]:
@@ -66,17 +67,35 @@ def _wait(pending: list, what: str, timeout_s: float) -> None:
         if ok is False: raise RuntimeError(f"{what}: {desc} timed out after {timeout_s:g} s")
 
 # %% ../nbs/02_distributed.ipynb #448d9daf
-def _check_same_shape(z: Tensor, group, timeout_s: float) -> None:
-    "Raise ValueError unless every rank has the same local batch b, dim d and dtype width (one 6-number all_reduce)."
+def _to_device(values: list, dtype: torch.dtype, device: torch.device) -> Tensor:
+    "A tensor of host `values` on `device`, through page-locked memory for a GPU: no host wait for the copy."
+    t = torch.tensor(values, dtype=dtype)
+    return t.pin_memory().to(device, non_blocking=True) if device.type == 'cuda' else t.to(device)
+
+def _check_same_shape(z: Tensor, group, timeout_s: float, later: bool = False) -> None:
+    """Raise ValueError unless every rank has the same local batch b, dim d and dtype width (one 6-number
+    all_reduce); `later`: inside a training step, at the step's read (`check_later`)."""
     b, d, w = z.shape[0], z.shape[1], z.element_size()
-    t = torch.tensor([b, -b, d, -d, w, -w], dtype=torch.int64, device=z.device)
+    t = _to_device([b, -b, d, -d, w, -w], torch.int64, z.device)
     work = dist.all_reduce(t, op=dist.ReduceOp.MAX, group=group, async_op=True)
     _wait([(work, 'all_reduce of local shapes', t)], 'input check', timeout_s)
-    (bmax, bmin, dmax, dmin, wmax, wmin) = t.tolist()
-    if bmax != -bmin: raise ValueError(f"local batch sizes differ across ranks: b ranges from {-bmin} to {bmax} "
-                                       f"(this rank: {b}); every rank needs the same b")
-    if dmax != -dmin: raise ValueError(f"embedding dims differ across ranks: d from {-dmin} to {dmax} (this rank: {d})")
-    if wmax != -wmin: raise ValueError(f"embedding dtypes differ across ranks (this rank: {z.dtype})")
+
+    def verdict(v: list[float]) -> ValueError | None:
+        bmax, bmin, dmax, dmin, wmax, wmin = map(int, v)
+        if bmax != -bmin:
+            return ValueError(f"local batch sizes differ across ranks: b ranges from {-bmin} to {bmax} "
+                              f"(this rank: {b}); every rank needs the same b")
+        if dmax != -dmin: return ValueError(f"embedding dims differ across ranks: d from {-dmin} to {dmax} "
+                                            f"(this rank: {d})")
+        if wmax != -wmin: return ValueError(f"embedding dtypes differ across ranks (this rank: {z.dtype})")
+        return None
+    (check_later if later else check_now)(t, verdict)
+
+def _ranks_agree(z: Tensor, group, timeout_s: float) -> None:
+    "`_check_same_shape` of `z`, unless the training step's read already found every rank agreeing on it."
+    reads = StepReads.active()
+    if _world(group)[1] > 1 and not (reads is not None and reads.agreed(z)):
+        _check_same_shape(z, group, timeout_s)
 
 # %% ../nbs/02_distributed.ipynb #b6b0f748
 def _ring_loss_and_grads(zimg: Tensor, ztxt: Tensor, scale, bias, group, bidirectional: bool,
@@ -90,11 +109,17 @@ def _ring_loss_and_grads(zimg: Tensor, ztxt: Tensor, scale, bias, group, bidirec
     hops = {+1: W // 2, -1: (W - 1) // 2} if bidirectional else {+1: W - 1}   # direction -> steps; sums to W - 1
     hops = {s: h for s, h in hops.items() if h > 0}
     n, tag = max(hops.values(), default=0), {+1: 0, -1: 1}   # tags keep the four message kinds apart
-    # Fixed buffers, allocated once: per direction two text blocks (receive into one while the other is scored
-    # and sent on), one outgoing and one incoming text gradient. Memory is O(b d) per direction whatever W is.
+    # Fixed buffers, allocated once, per direction: two text blocks (receive into one while the other is
+    # scored and sent on), and two outgoing and two incoming text gradients (step k's travel while step
+    # k + 1 computes). Memory is O(b d) per direction whatever W is.
     blocks = {s: [torch.empty_like(ztxt) for _ in range(2)] for s in hops}   # texts travel in their own dtype
-    gsend, grecv = ({s: torch.empty_like(dztxt) for s in hops if want_grads} for _ in range(2))  # gradients: float32
-    held, got = {s: ztxt for s in hops}, []              # got: directions with a text gradient arriving
+    gsend, grecv = ({s: [torch.empty_like(dztxt) for _ in range(2)] for s in hops if want_grads}
+                    for _ in range(2))
+    held, returns = {s: ztxt for s in hops}, {}          # returns: step parity -> its gradient messages
+
+    def collect(posted, got, step):  # wait for a step's gradient messages and add what arrived
+        _wait(posted, f"ring step {step}/{n} (gradient return)", timeout_s)
+        for s in got: dztxt.add_(grecv[s][step % 2])
 
     def text_ops(step):  # send the held blocks one hop on and receive the blocks for `step`
         ops = []
@@ -107,8 +132,8 @@ def _ring_loss_and_grads(zimg: Tensor, ztxt: Tensor, scale, bias, group, bidirec
 
     pending = _post(text_ops(1), f"ring step 1/{n}", group, stats)
     for step in range(1, n + 1):
-        _wait(pending, f"ring step {step}/{n}", timeout_s)     # this step's blocks (and last step's gradients) are here
-        for s in got: dztxt += grecv[s]
+        _wait(pending, f"ring step {step}/{n}", timeout_s)     # this step's text blocks are here
+        if step % 2 in returns: collect(*returns.pop(step % 2))   # step - 2's: their buffers are needed now
         held = {s: blocks[s][step % 2] for s, h in hops.items() if step <= h}
         # forward the blocks while we score them
         pending = _post(text_ops(step + 1), f"ring step {step + 1}/{n}", group, stats)
@@ -118,36 +143,40 @@ def _ring_loss_and_grads(zimg: Tensor, ztxt: Tensor, scale, bias, group, bidirec
             loss += l; dzimg += gi; dscale += gs; dbias += gb
             if want_grads:                               # return the visiting block's gradient to its owner
                 owner, mine = (rank - s * step) % W, (rank + s * step) % W
-                gsend[s].copy_(gt); got.append(s)
-                ops += [(dist.isend, gsend[s], owner, tag[s] + 2, f"send of text gradient to rank {owner}"),
-                        (dist.irecv, grecv[s], mine, tag[s] + 2, f"recv of text gradient from rank {mine}")]
+                out, into = gsend[s][step % 2].copy_(gt), grecv[s][step % 2]
+                got.append(s)
+                ops += [(dist.isend, out, owner, tag[s] + 2, f"send of text gradient to rank {owner}"),
+                        (dist.irecv, into, mine, tag[s] + 2, f"recv of text gradient from rank {mine}")]
             del gi, gt                                   # freed now, not when the next step's gradients already exist
-        pending += _post(ops, f"ring step {step}/{n} (gradient return)", group, stats)
+        returns[step % 2] = (_post(ops, f"ring step {step}/{n} (gradient return)", group, stats), got, step)
         if stats is not None: stats.steps += 1
-    _wait(pending, f"ring step {n}/{n} (gradient return)", timeout_s)
-    for s in got: dztxt += grecv[s]
+    for posted in sorted(returns.values(), key=lambda r: r[2]): collect(*posted)   # the last two steps'
     return loss, dzimg, dztxt, dscale, dbias
 
 # %% ../nbs/02_distributed.ipynb #1e0c853e
 def _check_same_grad_scale(g: Tensor, group, timeout_s: float) -> None:
-    "Raise unless every rank back-propagates the same gradient into its ring loss (one 2-number all_reduce)."
+    """Raise unless every rank back-propagates the same gradient into its ring loss (one 2-number
+    all_reduce), at once or, inside a training step, at the step's next read (`check_later`)."""
     t = torch.stack([g, -g]).detach().double().reshape(2)
     work = dist.all_reduce(t, op=dist.ReduceOp.MAX, group=group, async_op=True)
     _wait([(work, 'all_reduce of the incoming gradient', t)], 'ring_sigmoid_loss backward', timeout_s)
-    if t[0] != -t[1]:
-        raise RuntimeError(f"ring_sigmoid_loss backward: ranks back-propagated different gradients into their losses "
-                           f"({-t[1].item():g} to {t[0].item():g}); the text gradients assume one common scale")
+    check_later(t, lambda v: None if v[0] == -v[1] else RuntimeError(
+        f"ring_sigmoid_loss backward: ranks back-propagated different gradients into their losses "
+        f"({-v[1]:g} to {v[0]:g}); the text gradients assume one common scale"))
 
 # %% ../nbs/02_distributed.ipynb #e3cf9787
 class _RingSigmoidLoss(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, zimg, ztxt, scale, bias, group, bidirectional, chunk_size, timeout_s, stats, t, b_):
+    def forward(ctx, zimg, ztxt, scale, bias, group, bidirectional, chunk_size, timeout_s, stats, t, b_,
+                dtype):
         want = any(ctx.needs_input_grad[:4])             # in eval mode skip the gradient returns: half the bytes
+        ctx.group, ctx.timeout_s, ctx.dtypes = group, timeout_s, (zimg.dtype, ztxt.dtype)
+        # rounded once; gradients pass straight
+        if dtype is not None: zimg, ztxt = zimg.to(dtype), ztxt.to(dtype)
         with no_autocast(zimg):                          # t, b_: scale and bias, read once as floats
             loss, *grads = _ring_loss_and_grads(zimg, ztxt, t, b_, group, bidirectional, chunk_size,
                                                 timeout_s, stats, want)
         b = zimg.shape[0]
-        ctx.group, ctx.timeout_s, ctx.dtypes = group, timeout_s, (zimg.dtype, ztxt.dtype)
         ctx.like = [v if isinstance(v, Tensor) else None for v in (scale, bias)]
         ctx.save_for_backward(*(g / b for g in grads))
         return loss / b
@@ -158,21 +187,26 @@ class _RingSigmoidLoss(torch.autograd.Function):
         dzimg, dztxt, dscale, dbias = ctx.saved_tensors
         ds, db = (None if v is None else (d * g).reshape(v.shape).to(v.dtype)
                   for d, v in zip((dscale, dbias), ctx.like))
-        return (dzimg * g).to(ctx.dtypes[0]), (dztxt * g).to(ctx.dtypes[1]), ds, db, *[None] * 7
+        return (dzimg * g).to(ctx.dtypes[0]), (dztxt * g).to(ctx.dtypes[1]), ds, db, *[None] * 8
 
 # %% ../nbs/02_distributed.ipynb #81f89675
 def ring_sigmoid_loss(zimg: Tensor, ztxt: Tensor, scale: Tensor | float, bias: Tensor | float,
                       group: dist.ProcessGroup | None = None, bidirectional: bool = False,
                       chunk_size: int | None = None, timeout_s: float = 60.,
-                      stats: CommStats | None = None) -> Tensor:
-    """SigLIP loss of this rank's `b` images against the texts of *all* ranks, divided by `b`, exchanging only text
-    embeddings point-to-point around a ring (no all_gather), with at most `b × chunk_size` logits alive per rank.
-    The mean over ranks equals `sigmoid_loss` of the concatenated batch; rank r's embedding gradients are those of the
-    *sum* of rank losses, so DDP's averaging yields the full-batch gradient. Works without a process group (W = 1).
-    A peer that dies or hangs raises a RuntimeError naming the ring step after `timeout_s` seconds."""
-    t, b = read_loss_inputs(zimg, ztxt, scale, bias)   # one host sync; the blocks reuse t and b
-    if _world(group)[1] > 1: _check_same_shape(zimg, group, timeout_s)
-    return _RingSigmoidLoss.apply(zimg, ztxt, scale, bias, group, bidirectional, chunk_size, timeout_s, stats, t, b)
+                      stats: CommStats | None = None, dtype: torch.dtype | None = None) -> Tensor:
+    """SigLIP loss of this rank's `b` images against the texts of *all* ranks, divided by `b`, exchanging
+    only text embeddings point-to-point around a ring (no all_gather), with at most `b × chunk_size` logits
+    alive per rank (None: as many as `chunked.LOGIT_BUDGET` allows, the whole block unless huge). The mean
+    over ranks equals `sigmoid_loss` of the concatenated batch; rank r's embedding gradients are those of
+    the *sum* of rank losses, so DDP's averaging yields the full-batch gradient. Works without a process
+    group (W = 1). `dtype` (e.g. the towers' bfloat16) rounds both embeddings to it first: texts travel in
+    it, and the loss is exactly that of the rounded embeddings. A peer that dies or hangs raises a
+    RuntimeError naming the ring step after `timeout_s` seconds."""
+    # one host sync (none in a training step); blocks reuse t, b
+    t, b = read_loss_inputs(zimg, ztxt, scale, bias)
+    _ranks_agree(zimg, group, timeout_s)
+    return _RingSigmoidLoss.apply(zimg, ztxt, scale, bias, group, bidirectional, chunk_size, timeout_s, stats,
+                                  t, b, dtype)
 
 # %% ../nbs/02_distributed.ipynb #7d42b8f4
 def _all_gather_with_grad(z: Tensor, group) -> Tensor:
@@ -192,7 +226,7 @@ def gather_softmax_loss(zimg: Tensor, ztxt: Tensor, scale: Tensor | float, group
     read_loss_inputs(zimg, ztxt, scale)
     rank, W = _world(group)
     if W == 1: return softmax_loss(zimg, ztxt, scale)
-    _check_same_shape(zimg, group, timeout_s)
+    _ranks_agree(zimg, group, timeout_s)
     all_img, all_txt = (_all_gather_with_grad(z, group) for z in (zimg, ztxt))   # (W b, d) each
     if stats is not None:      # textbook: W-1 blocks per gathered tensor and per reduce-scattered gradient
         stats.bytes_sent += 4 * (W - 1) * zimg.nbytes; stats.steps += 4 * (W - 1)
@@ -241,12 +275,25 @@ def gather_sigmoid_loss(zimg: Tensor, ztxt: Tensor, scale: Tensor | float, bias:
     _check_chunk_size(chunk_size)
     t, c = read_loss_inputs(zimg, ztxt, scale, bias)
     rank, W = _world(group)
-    if W > 1: _check_same_shape(zimg, group, timeout_s)
+    _ranks_agree(zimg, group, timeout_s)
     all_txt = _all_gather_with_grad(ztxt, group) if W > 1 else ztxt          # (W b, d)
     if stats is not None and W > 1:
         k = 2 if all_txt.requires_grad else 1                                  # 2: the backward's reduce-scatter too
         stats.bytes_sent += k * (W - 1) * ztxt.nbytes; stats.steps += k * (W - 1)
     return _GatheredSigmoidLoss.apply(zimg, all_txt, scale, bias, rank, chunk_size, t, c)
+
+# %% ../nbs/02_distributed.ipynb #b48ccb2a
+def gathered_loss(loss_fn: Callable, group: dist.ProcessGroup | None = None,
+                  timeout_s: float = 60.) -> Callable:
+    """`loss_fn(zimg, ztxt, scale, bias)` of one batch made global: under a process group, every rank
+    computes it on the embeddings of all ranks, all-gathered with gradient, so its gradients follow the
+    ring's sum-over-ranks convention (DDP's average gives the full-batch gradient); without one, `loss_fn`
+    itself."""
+    def loss(zimg: Tensor, ztxt: Tensor, scale, bias) -> Tensor:
+        if _world(group)[1] == 1: return loss_fn(zimg, ztxt, scale, bias)
+        _ranks_agree(zimg, group, timeout_s)
+        return loss_fn(_all_gather_with_grad(zimg, group), _all_gather_with_grad(ztxt, group), scale, bias)
+    return loss
 
 # %% ../nbs/02_distributed.ipynb #085ce05b
 DEVICES, BACKENDS = ('auto', 'cpu', 'cuda'), ('auto', 'gloo', 'nccl')
@@ -305,6 +352,29 @@ def spawn(fn: Callable, world_size: int, *args, timeout_s: float = 60., device: 
                                     args=(world_size, _free_port(), fn, args, timeout_s, threads, out, device))
         return [torch.load(os.path.join(out, f'{r}.pt'), map_location='cpu') for r in range(world_size)]
 
+# %% ../nbs/02_distributed.ipynb #e4a9edcc
+def gather_objects(obj) -> list:
+    """Every rank's `obj` (small and picklable: a name, a number, a message), in rank order; `[obj]`
+    without a group."""
+    if _world(None)[1] == 1: return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)            # NCCL: through this rank's GPU (init_distributed set it)
+    return out
+
+def fail_together(what: str, fn: Callable[[], object], run_here: bool = True) -> object:
+    """`fn()` where `run_here` (e.g. `rank == 0`), then one collective that tells every rank whether it
+    raised anywhere: the rank that failed re-raises its error, the others raise a RuntimeError naming
+    `what`, the rank and the cause, instead of waiting in their next collective until the deadline. Returns
+    `fn()`'s result (None where it did not run)."""
+    result, error = None, None
+    if run_here:
+        try: result = fn()
+        except Exception as e: error = e
+    failed = [(r, e) for r, e in enumerate(gather_objects(error and f"{type(error).__name__}: {error}")) if e]
+    if error is not None: raise error
+    if failed: raise RuntimeError(f"{what} failed on rank {failed[0][0]}: {failed[0][1]}")
+    return result
+
 # %% ../nbs/02_distributed.ipynb #4fb83783
 LOSSES = ('ring', 'ring-bidir', 'gather-softmax', 'gather-sigmoid')
 
@@ -361,7 +431,8 @@ def add_distributed_args(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     parser.add_argument('--b', type=_positive_int, default=256, help='local batch per rank')
     parser.add_argument('--d', type=_positive_int, default=64, help='embedding dim')
     parser.add_argument('--chunk-size', type=_positive_int, default=None,
-                        help='texts per block chunk in the ring and gather-sigmoid (default: a whole block)')
+                        help='texts per block chunk in the ring and gather-sigmoid (default: the whole block '
+                             f'while its float32 logits fit in {LOGIT_BUDGET // 2**20} MiB: LOGIT_BUDGET)')
     parser.add_argument('--reps', type=_positive_int, default=3,
                         help='timed steps after the first (profiled, memory) step; the median is shown')
     parser.add_argument('--timeout', type=float, default=60., help='seconds before a lost peer becomes an error')
@@ -377,10 +448,12 @@ def run_distributed(args: argparse.Namespace) -> int:
     rank, W = init_distributed(args.timeout, args.backend, device)
     try:
         r = loss_step(args.method, args.b, args.d, chunk_size=args.chunk_size, reps=args.reps, device=device)
-        worst = torch.tensor([r['seconds'], r['peak_bytes'], r['bytes_sent']], dtype=torch.float64)
-        dist.all_reduce(worst, op=dist.ReduceOp.MAX)
+        figures = [r['seconds'], r['peak_bytes'], r['bytes_sent']]
+        worst = torch.tensor(figures, dtype=torch.float64, device=device)
+        dist.all_reduce(worst, op=dist.ReduceOp.MAX)       # on the run's device: NCCL moves GPU tensors only
+        seconds, peak, sent = worst.tolist()
         out = dict(method=args.method, world_size=W, b=args.b, d=args.d, chunk_size=args.chunk_size,
-                   seconds=worst[0].item(), peak_bytes=int(worst[1].item()), bytes_sent=int(worst[2].item()))
+                   seconds=seconds, peak_bytes=int(peak), bytes_sent=int(sent))
         if rank == 0:
             print(' '.join(f'{k}={v}' for k, v in out.items()))
             if args.json:

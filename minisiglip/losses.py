@@ -11,6 +11,7 @@ import math
 import os
 import statistics
 import time
+from contextvars import ContextVar
 from typing import Callable
 import torch
 import torch.nn as nn
@@ -19,10 +20,11 @@ from torch import Tensor
 from torch.profiler import profile, ProfilerActivity
 
 # %% auto #0
-__all__ = ['MASK_STRATEGIES', 'CLIP_INIT_SCALE', 'check_embeddings', 'check_scale_bias', 'read_loss_inputs', 'accum_dtype',
-           'no_autocast', 'sigmoid_loss', 'softmax_loss', 'sigmoid_logit_grad', 'softmax_logit_grad',
-           'logit_grad_to_inputs', 'markdown_table', 'prior_bias', 'ScaleBias', 'negative_mask', 'masked_sigmoid_loss',
-           'synchronize', 'peak_bytes', 'add_losses_args', 'run_losses']
+__all__ = ['MASK_STRATEGIES', 'CLIP_INIT_SCALE', 'check_embeddings', 'check_scale_bias', 'read_loss_inputs', 'StepReads',
+           'check_now', 'check_later', 'accum_dtype', 'no_autocast', 'sigmoid_loss', 'softmax_loss',
+           'sigmoid_logit_grad', 'softmax_logit_grad', 'logit_grad_to_inputs', 'markdown_table', 'prior_bias',
+           'ScaleBias', 'negative_mask', 'masked_sigmoid_loss', 'synchronize', 'peak_bytes', 'add_losses_args',
+           'run_losses']
 
 # %% ../nbs/00_losses.ipynb #33280140
 def check_embeddings(zimg: Tensor, ztxt: Tensor, finite: bool = True) -> None:
@@ -52,9 +54,13 @@ def check_scale_bias(scale: Tensor | float, bias: Tensor | float | None = None) 
 # %% ../nbs/00_losses.ipynb #6ef531c3
 def read_loss_inputs(zimg: Tensor, ztxt: Tensor, scale: Tensor | float,
                      bias: Tensor | float | None = None) -> tuple[float, float | None]:
-    """`check_embeddings` and `check_scale_bias` with one device read (one host sync): returns `(t, b)` as floats
-    (b None when `bias` is). On bad values the full checks run again to name the problem."""
+    """`check_embeddings` and `check_scale_bias` with one device read (one host sync): returns `(t, b)` as
+    floats (b None when `bias` is). On bad values the full checks run again to name the problem. Inside a
+    training step whose read already checked these very tensors (`StepReads`) nothing is read again."""
     check_embeddings(zimg, ztxt, finite=False)
+    reads = StepReads.active()
+    if reads is not None and reads.checked(zimg, ztxt, scale, bias):
+        return reads.value(scale), reads.value(bias)
     values = [v for v in (scale, bias) if v is not None]
     if any(torch.as_tensor(v).numel() != 1 for v in values): check_scale_bias(scale, bias)   # raises: not a scalar
     on_device = [v.detach().to(zimg.device, torch.float64).reshape(1) for v in values if isinstance(v, Tensor)]
@@ -65,6 +71,82 @@ def read_loss_inputs(zimg: Tensor, ztxt: Tensor, scale: Tensor | float,
     if not finite or not all(math.isfinite(v) for v in (t, b) if v is not None) or t <= 0:
         check_embeddings(zimg, ztxt); check_scale_bias(scale, bias)    # the slow path names what is wrong
     return t, b
+
+# %% ../nbs/00_losses.ipynb #63596377
+class StepReads:
+    """The device reads of one training step, made together: inside `with StepReads() as reads:` the checks
+    queued by `check_later` wait on the device until `reads.read(...)` reads all of them in one transfer;
+    values a read established are recorded with `know`, so that the losses do not read them again
+    (`read_loss_inputs`)."""
+    _active: ContextVar = ContextVar('step_reads', default=None)
+
+    def __init__(self):
+        self.pending: list[tuple[Tensor, Callable]] = []            # (values on the device, their verdict)
+        # id -> (tensor, value, ranks agree on shape)
+        self.known: dict[int, tuple[Tensor, float | None, bool]] = {}
+
+    def __enter__(self) -> StepReads:
+        self._token = StepReads._active.set(self)
+        return self
+
+    def __exit__(self, *exc) -> None: StepReads._active.reset(self._token)
+
+    @staticmethod
+    def active() -> StepReads | None:
+        "The `StepReads` of the training step running now, or None outside one."
+        return StepReads._active.get()
+
+    def read(self, *values: Tensor) -> list[float]:
+        """Read the queued checks and `values` (each flattened) in one transfer, raise the first failed
+        check's error, and return `values`' numbers in order."""
+        checks, self.pending = self.pending, []
+        parts = [v.detach().double().flatten() for v in [c for c, _ in checks] + list(values)]
+        if not parts: return []
+        flat = torch.cat(parts).tolist()
+        for v, verdict in checks:
+            error = verdict(flat[:v.numel()])
+            if error is not None: raise error
+            flat = flat[v.numel():]
+        return flat
+
+    def know(self, tensor: Tensor, value: float | None = None, agreed: bool = False) -> None:
+        """Record that a read found `tensor` finite (and, if given, its `value`, and that all ranks
+        `agreed` on its shape)."""
+        self.known[id(tensor)] = (tensor, value, agreed)
+
+    def _fact(self, v) -> tuple | None:
+        fact = self.known.get(id(v))
+        # the very tensor, not a later one with its id
+        return fact if fact is not None and fact[0] is v else None
+
+    def checked(self, *values) -> bool:
+        """Whether every tensor among `values` was found finite by a read (plain numbers and None need no
+        read)."""
+        return all(self._fact(v) is not None for v in values if isinstance(v, Tensor))
+
+    def agreed(self, z: Tensor) -> bool:
+        "Whether every rank's read agreed on the shape of `z`."
+        return bool((fact := self._fact(z)) and fact[2])
+
+    def value(self, v) -> float | None:
+        "A known tensor's value, a number as a float, None as None."
+        return self._fact(v)[1] if isinstance(v, Tensor) else None if v is None else float(v)
+
+def check_now(values: Tensor, verdict: Callable[[list[float]], Exception | None]) -> None:
+    "Read `values` (one host sync) and raise the error `verdict` finds in their numbers, if any."
+    error = verdict(values.detach().double().flatten().tolist())
+    if error is not None: raise error
+
+def check_later(values: Tensor, verdict: Callable[[list[float]], Exception | None]) -> bool:
+    """`check_now`, except inside a training step (`StepReads`), where the check waits for the step's next
+    read; returns whether it waits (the caller must then keep going safely on values it has not checked
+    yet)."""
+    reads = StepReads.active()
+    if reads is None:
+        check_now(values, verdict)
+        return False
+    reads.pending.append((values, verdict))
+    return True
 
 # %% ../nbs/00_losses.ipynb #5eba2801
 def accum_dtype(*tensors: Tensor) -> torch.dtype:
@@ -185,8 +267,11 @@ def masked_sigmoid_loss(zimg: Tensor, ztxt: Tensor, scale: Tensor | float, bias:
                         strategy: str = 'random', generator: torch.Generator | None = None) -> Tensor:
     "`sigmoid_loss` over the positives and a `keep_ratio` of the negatives (see `negative_mask`), still divided by n: equals `sigmoid_loss` at ratio 1."
     read_loss_inputs(zimg, ztxt, scale, bias)
-    logits, terms = _sigmoid_terms(zimg, ztxt, scale, bias)
-    return terms.masked_fill(~negative_mask(logits, keep_ratio, strategy, generator), 0.).sum() / len(zimg)
+    # float32 logits under autocast, as every loss
+    with no_autocast(zimg):
+        logits, terms = _sigmoid_terms(zimg, ztxt, scale, bias)
+        keep = negative_mask(logits, keep_ratio, strategy, generator)
+        return terms.masked_fill(~keep, 0.).sum() / len(zimg)
 
 # %% ../nbs/00_losses.ipynb #643646a3
 @contextlib.contextmanager

@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
-from .losses import ScaleBias
+from .losses import ScaleBias, check_later
 
 # %% auto #0
 __all__ = ['ACTIVATIONS', 'TEXT_POOLING', 'PRESETS', 'SigLIPConfig', 'KVCache', 'attend', 'causal_mask', 'Attention', 'mlp',
@@ -110,7 +110,7 @@ class KVCache:
 
 def attend(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = None, dropout_p: float = 0.) -> Tensor:
     """`F.scaled_dot_product_attention`, except that bfloat16 on a CPU runs it in float32: there PyTorch's bf16
-    attention is about 5x slower than float32's (`08_vlm_eval`), while the projections around it gain from bf16."""
+    attention is about 5x slower than float32's (`08b_vlm_recipes`), while the projections around it gain from bf16."""
     if q.device.type != 'cpu' or q.dtype != torch.bfloat16:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
     with torch.autocast('cpu', enabled=False):
@@ -266,13 +266,19 @@ class TextTransformer(nn.Module):
                              f"{' of dtype ' + str(tokens.dtype) if isinstance(tokens, Tensor) else ''}")
         if tokens.shape[1] > self.context_length: raise ValueError(f"tokens have length {tokens.shape[1]} > context_length {self.context_length}")
         mask = tokens != self.pad_id                                 # (B, L): True for real tokens
-        if tokens.numel():                                           # one device read for the three value checks
-            low, high, empty = torch.stack([tokens.min(), tokens.max(), (~mask.any(1)).sum()]).tolist()
-            if low < 0 or high >= self.vocab_size:
-                raise ValueError(f"token ids must lie in [0, vocab_size={self.vocab_size}), got [{low}, {high}]")
-            if empty and self.mask_padding:                     # SigLIP's 'last' pooling reads padding: allowed
-                raise ValueError("a caption is all padding: every row of tokens needs a real token")
+        values = torch.stack([tokens.min(), tokens.max(), (~mask.any(1)).sum()]) if tokens.numel() else None
+        if values is not None and check_later(values, self._token_problem):   # in a step: at the step's read,
+            tokens = tokens.clamp(0, self.vocab_size - 1)   # and until then an id out of range must not crash
         return self.encoder(self.tok(tokens) + self.pos[:, :tokens.shape[1]], mask if self.mask_padding else None)
+
+    def _token_problem(self, values: list[float]) -> ValueError | None:
+        "The error that the token ids' `[min, max, all-padding rows]` imply, or None."
+        low, high, empty = map(int, values)
+        if low < 0 or high >= self.vocab_size:
+            return ValueError(f"token ids must lie in [0, vocab_size={self.vocab_size}), got [{low}, {high}]")
+        if empty and self.mask_padding:                   # SigLIP's 'last' pooling reads padding: allowed
+            return ValueError("a caption is all padding: every row of tokens needs a real token")
+        return None
 
 # %% ../nbs/04_model.ipynb #bf5cc33b
 class SigLIP(nn.Module):

@@ -28,7 +28,7 @@ __all__ = ['BASE', 'SELECT_SEED', 'TEST_SEED', 'N_EVAL', 'LR_LADDER', 'FIRST_LRS
 
 # %% ../nbs/09_paper.ipynb #62ce43a1
 BASE = dict(preset='tiny', steps=200, batch_size=64, lr=1e-3, warmup_steps=20, n_train=20_000,
-            eval_every=0, ckpt_every=0)
+            eval_every=0, ckpt_every=0, drop_last=False)   # the plain stream the committed runs used (05_train)
 SELECT_SEED, TEST_SEED, N_EVAL = 1_000, 2_000, 500   # validation scenes: to pick the lr / to report
 
 def run_key(spec: dict) -> str:

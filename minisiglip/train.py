@@ -6,6 +6,7 @@
 from __future__ import annotations
 import argparse
 import base64
+import contextlib
 import dataclasses
 import functools
 import json
@@ -13,7 +14,8 @@ import math
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 import torch
 import torch.distributed as dist
@@ -22,9 +24,10 @@ from torch.nn.parallel import DistributedDataParallel
 from safetensors import SafetensorError
 from safetensors.torch import save_file, load_file, save_model, load_model
 from tqdm import tqdm
-from .losses import sigmoid_loss, softmax_loss
-from .chunked import chunked_sigmoid_loss
-from .distributed import (ring_sigmoid_loss, gather_softmax_loss, init_distributed, pick_device, DEVICES,
+from .losses import sigmoid_loss, softmax_loss, StepReads, check_later
+from .chunked import chunked_sigmoid_loss, auto_chunk_size, LOGIT_BUDGET
+from .distributed import (ring_sigmoid_loss, gather_softmax_loss, gathered_loss, init_distributed,
+                                    pick_device, fail_together, gather_objects, _check_same_shape, DEVICES,
                                     BACKENDS)
 from .data import (ShapesDataset, DigitsDataset, CaptionFileDataset, ImageCaptionDataset, Tokenizer,
                              split_indices, pairs_fingerprint)
@@ -32,22 +35,25 @@ from .model import SigLIP, SigLIPConfig
 
 # %% auto #0
 __all__ = ['LOSSES', 'NOISE_KINDS', 'PRECISIONS', 'RINGS', 'SCHEDULES', 'RUN_ONLY', 'CKPT_PREFIX', 'STEP_STATS', 'AUTOCAST',
-           'check_schedule', 'TrainConfig', 'lr_at', 'batch_indices', 'build_data', 'hf_tokenizer', 'check_same_data',
-           'builtin_data', 'get_batch', 'corrupt_batch', 'build_model', 'make_loss', 'setup_processes',
-           'optimizer_tensors', 'optimizer_state', 'save_checkpoint', 'checkpoints', 'latest_checkpoint', 'read_state',
-           'safetensors_problem', 'read_tensors', 'load_weights', 'load_checkpoint', 'tokenizer_from_dict',
-           'load_image_tower', 'rng_to_text', 'rng_from_text', 'fast_bf16', 'run_precision', 'compile_towers',
-           'logit_means', 'check_finite', 'train_step', 'kernel_ids', 'make_optimizer', 'evaluate_loss', 'gather_rng',
-           'resume_weights', 'config_diff', 'train', 'adam_step_bound', 'plot_logits', 'add_dataclass_args',
-           'dataclass_from_args', 'add_train_args', 'config_from_args', 'run_train']
+           'LEGACY', 'READS', 'check_schedule', 'TrainConfig', 'lr_at', 'batch_indices', 'build_data', 'hf_tokenizer',
+           'check_same_data', 'builtin_data', 'get_batch', 'corrupt_batch', 'build_model', 'make_loss',
+           'setup_processes', 'optimizer_tensors', 'optimizer_state', 'save_checkpoint', 'checkpoints',
+           'latest_checkpoint', 'read_state', 'safetensors_problem', 'read_tensors', 'load_weights', 'load_checkpoint',
+           'tokenizer_from_dict', 'load_image_tower', 'rng_to_text', 'rng_from_text', 'fast_bf16', 'tf32_products',
+           'run_precision', 'compile_towers', 'logit_means', 'check_finite', 'train_step', 'kernel_ids',
+           'make_optimizer', 'evaluate_loss', 'gather_rng', 'resume_weights', 'config_diff', 'train',
+           'agreed_checkpoint', 'resume_state', 'adam_step_bound', 'plot_logits', 'counting_reads', 'counting_syncs',
+           'count_step_syncs', 'add_dataclass_args', 'dataclass_from_args', 'add_train_args', 'config_from_args',
+           'run_train']
 
 # %% ../nbs/05_train.ipynb #17bc73fd
 LOSSES = ('sigmoid', 'chunked', 'ring', 'softmax')
 NOISE_KINDS = ('none', 'image', 'text', 'shuffle')
-PRECISIONS = ('fp32', 'bf16', 'fp16', 'auto')
+PRECISIONS = ('fp32', 'tf32', 'bf16', 'fp16', 'auto')
 RINGS = ('one-way', 'bidir')
 SCHEDULES = ('cosine', 'constant', 'wsd')
-RUN_ONLY = ('out_dir', 'device', 'backend', 'timeout', 'compile')   # where and how a run executes, not what
+# where and how a run executes
+RUN_ONLY = ('out_dir', 'device', 'backend', 'timeout', 'compile', 'chunk_size')
 
 def check_schedule(cfg) -> None:
     "Raise a clear error for a `cfg.schedule` or `cfg.cooldown` that `lr_at` cannot follow (training configs share it)."
@@ -74,10 +80,15 @@ class TrainConfig:
     cooldown: float = 0.2         # with schedule='wsd': the last fraction of the steps, where the lr falls to 0
     grad_clip: float = 1.0        # max global gradient norm (0: no clipping, the norm is still checked)
     loss: str = 'sigmoid'         # one of LOSSES; under torchrun 'softmax' all-gathers, the others ring-exchange
-    chunk_size: int = 32          # columns per block for loss='chunked'
+    chunk_size: int = field(default=0, metadata={'help': (   # per chunk of 'chunked' and the ring; 0: auto
+        "texts per chunk of loss='chunked' and of the ring's blocks; 0 (the default): as many as fit in "
+        f"{LOGIT_BUDGET // 2**20} MiB of float32 logits, the whole block unless it is huge (on a GPU every "
+        "chunk costs kernel launches, so small chunks of small blocks are slow there)")})
     eval_every: int = 50          # steps between validation-loss evaluations (0: only at the end)
     ckpt_every: int = 100         # steps between checkpoints (0: only at the end)
     seed: int = 0                 # seeds the model init and the data order
+    drop_last: bool = True        # end each epoch on its last whole batch: a batch across two epochs can hold a
+                                  # pair twice, each copy the other's negative (see batch_indices)
     data: str = 'shapes'          # 'shapes', 'digits', or your pairs: a folder, CSV/TSV or JSONL file (03_data)
     image_col: str = ''           # your file's image column ('': the first of data.IMAGE_COLUMNS it has)
     caption_col: str = ''         # your file's caption column ('': the first of data.CAPTION_COLUMNS it has)
@@ -91,7 +102,8 @@ class TrainConfig:
     init_hf: str = ''             # a transformers SigLIP folder to fine-tune: its model, tokenizer, image size (10_hf)
     freeze_image: bool = False    # keep the image tower fixed (with init_image: the paper's SigLiT)
     ring: str = 'one-way'         # under torchrun: the 'one-way' ring, or 'bidir' (both ways: half the steps)
-    precision: str = 'fp32'       # 'fp32', 'bf16' or 'fp16' (towers under autocast, fp16 scaled), 'auto' (bf16 if fast)
+    precision: str = 'fp32'       # 'fp32', 'tf32' (fp32 with TF32 products on GPUs), 'bf16' or 'fp16' (towers
+                                  # under autocast, fp16 scaled), 'auto' (bf16 if fast)
     device: str = 'auto'          # 'cpu', 'cuda' (one GPU per process) or 'auto' (the GPU if there is one)
     backend: str = 'auto'         # torchrun's process group: 'gloo', 'nccl' or 'auto' (NCCL for GPUs, gloo for CPUs)
     timeout: float = 600.         # seconds a rank waits for its peers (evaluation, checkpoints) before failing
@@ -101,8 +113,9 @@ class TrainConfig:
     def __post_init__(self):
         if self.loss not in LOSSES: raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
         check_schedule(self)
-        for name in ('steps', 'batch_size', 'chunk_size', 'n_train', 'image_size'):
+        for name in ('steps', 'batch_size', 'n_train', 'image_size'):
             if getattr(self, name) < 1: raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.chunk_size < 0: raise ValueError(f"chunk_size must be >= 0 (0: auto), got {self.chunk_size}")
         if self.warmup_steps < 0: raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
         if not 0 < self.beta2 < 1: raise ValueError(f"beta2 must be in (0, 1), got {self.beta2}")
         if self.noise not in NOISE_KINDS: raise ValueError(f"noise must be one of {NOISE_KINDS}, got {self.noise!r}")
@@ -126,16 +139,20 @@ def lr_at(step: int, cfg) -> float:
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * progress))
 
 # %% ../nbs/05_train.ipynb #b49683f0
-def batch_indices(seed: int, step: int, n_data: int, batch_size: int, rank: int = 0, world: int = 1) -> Tensor:
-    "Dataset indices of `rank`'s shard of the global batch at `step`: epoch-wise permutations seeded by `(seed, epoch)`."
+def batch_indices(seed: int, step: int, n_data: int, batch_size: int, rank: int = 0, world: int = 1,
+                  drop_last: bool = False) -> Tensor:
+    """Dataset indices of `rank`'s shard of the global batch at `step`: epoch-wise permutations seeded by
+    `(seed, epoch)`; with `drop_last` every epoch ends with its last whole batch, so no batch holds a pair
+    twice."""
     if batch_size % world: raise ValueError(f"batch_size {batch_size} is not divisible by the world size {world}")
     b = batch_size // world
+    per_epoch = n_data - n_data % batch_size if drop_last else n_data   # stream positions per epoch
     pos = torch.arange(step * batch_size + rank * b, step * batch_size + (rank + 1) * b)
     out = torch.empty(b, dtype=torch.long)
-    for epoch in pos.div(n_data, rounding_mode='floor').unique().tolist():
+    for epoch in pos.div(per_epoch, rounding_mode='floor').unique().tolist():
         perm = torch.randperm(n_data, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
-        sel = pos.div(n_data, rounding_mode='floor') == epoch
-        out[sel] = perm[pos[sel] % n_data]
+        sel = pos.div(per_epoch, rounding_mode='floor') == epoch
+        out[sel] = perm[pos[sel] % per_epoch]
     return out
 
 # %% ../nbs/05_train.ipynb #389fddc7
@@ -221,12 +238,19 @@ def build_model(cfg: TrainConfig, tokenizer: Tokenizer) -> SigLIP:
 
 # %% ../nbs/05_train.ipynb #62f0f416
 def make_loss(cfg: TrainConfig, world: int):
-    "The loss `f(zimg, ztxt, scale, bias)` for `cfg.loss`: single-device forms in one process, ring/all-gather across ranks."
-    if cfg.loss == 'softmax': return lambda zimg, ztxt, scale, bias: gather_softmax_loss(zimg, ztxt, scale)  # = softmax_loss when W = 1
+    """The loss `f(zimg, ztxt, scale, bias)` for `cfg.loss`: single-device forms in one process,
+    ring/all-gather across ranks. The ring takes the towers' 16-bit dtype under autocast (texts travel in it,
+    02) and `cfg.chunk_size`, where 0 sizes chunks from `chunked.LOGIT_BUDGET` (the whole block unless it is
+    huge)."""
+    if cfg.loss == 'softmax':                                        # = softmax_loss when W = 1
+        return lambda zimg, ztxt, scale, bias: gather_softmax_loss(zimg, ztxt, scale, timeout_s=cfg.timeout)
+    chunk = cfg.chunk_size or None
     if world > 1 or cfg.loss == 'ring':
-        return functools.partial(ring_sigmoid_loss, bidirectional=cfg.ring == 'bidir', chunk_size=cfg.chunk_size,
-                                 timeout_s=cfg.timeout)
-    if cfg.loss == 'chunked': return lambda zimg, ztxt, scale, bias: chunked_sigmoid_loss(zimg, ztxt, scale, bias, cfg.chunk_size)
+        return functools.partial(ring_sigmoid_loss, bidirectional=cfg.ring == 'bidir', chunk_size=chunk,
+                                 timeout_s=cfg.timeout, dtype=AUTOCAST.get(cfg.precision))
+    if cfg.loss == 'chunked':
+        return lambda zimg, ztxt, scale, bias: chunked_sigmoid_loss(
+            zimg, ztxt, scale, bias, chunk or auto_chunk_size(len(zimg), len(ztxt)))
     return sigmoid_loss
 
 # %% ../nbs/05_train.ipynb #6f0a84d8
@@ -361,6 +385,16 @@ def fast_bf16(device: torch.device) -> bool:
     if device.type == 'cuda': return torch.cuda.get_device_capability(device)[0] >= 8   # V100/T4 only emulate bf16
     return device.type == 'cpu' and getattr(torch.cpu, '_is_amx_tile_supported', lambda: False)()
 
+@contextlib.contextmanager
+def tf32_products(enabled: bool):
+    """Inside, if `enabled`, float32 matrix products on GPUs run in TF32 (convolutions do by default);
+    restored after. The `allow_tf32` switch, which the fused kernel (02c) reads: PyTorch refuses a mix of
+    it and `fp32_precision`."""
+    saved = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = enabled or saved
+    try: yield
+    finally: torch.backends.cuda.matmul.allow_tf32 = saved
+
 def run_precision(cfg, device: torch.device, resume: bool = False) -> str:
     """The precision a run (`cfg`: a `TrainConfig` or `VLMTrainConfig`) trains in on `device`: `cfg.precision`, with
     'auto' decided as bf16 where `fast_bf16`, else fp32, except that a resumed 'auto' run keeps the precision its
@@ -390,48 +424,64 @@ def logit_means(zimg: Tensor, ztxt: Tensor, scale: Tensor, bias: Tensor) -> tupl
 
 # %% ../nbs/05_train.ipynb #c56814dd
 def check_finite(step: int, world: int, **tensors: Tensor) -> None:
-    "Raise `FloatingPointError` naming `step` and the culprits if any tensor (on any rank) holds NaN or inf: one read."
+    """Raise `FloatingPointError` naming `step` and the culprits if any tensor (on any rank) holds NaN or
+    inf: one read, inside a training step the step's own (`check_later`)."""
     here = torch.stack([torch.isfinite(t).all() for t in tensors.values()]).float()
     everywhere = here.clone()
     if world > 1: dist.all_reduce(everywhere, op=dist.ReduceOp.MIN)   # every rank learns whether any rank is bad
-    flags = torch.cat([here, everywhere]).tolist()
-    bad, bad_anywhere = ([name for name, ok in zip(tensors, part) if not ok] for part in (flags[:len(tensors)],
-                                                                                          flags[len(tensors):]))
-    where = ', '.join(bad) if bad else f"values on another rank ({', '.join(bad_anywhere)} there)"
-    if bad_anywhere: raise FloatingPointError(f"non-finite {where} at step {step}; stopped before the optimizer "
-                                              "update (lower lr or raise warmup_steps)")
+
+    def verdict(flags: list[float]) -> FloatingPointError | None:
+        bad, bad_anywhere = ([name for name, ok in zip(tensors, part) if not ok]
+                             for part in (flags[:len(tensors)], flags[len(tensors):]))
+        where = ', '.join(bad) if bad else f"values on another rank ({', '.join(bad_anywhere)} there)"
+        return FloatingPointError(f"non-finite {where} at step {step}; stopped before the optimizer update "
+                                  "(lower lr or raise warmup_steps)") if bad_anywhere else None
+    check_later(torch.cat([here, everywhere]), verdict)
 
 # %% ../nbs/05_train.ipynb #aff9d963
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn, images: Tensor, tokens: Tensor,
                step: int, lr: float, grad_clip: float, world: int = 1, precision: str = 'fp32',
-               scaler: torch.amp.GradScaler | None = None) -> dict[str, float]:
-    """One AdamW step at learning rate `lr` (times each group's `lr_mult`), the towers under autocast for `precision`
-    'bf16'/'fp16'; raises before updating on NaN/inf, except that with a gradient `scaler` (fp16) a step whose
-    gradients overflow is skipped. Returns the full-batch `loss`, the `grad_norm`, `t`, `b`, the gradient on b before
-    clipping (0 where b is frozen) and the mean `pos`itive and `neg`ative logits, read from the device in one transfer."""
-    if precision != 'fp32' and precision not in AUTOCAST:         # 'auto' is decided by `train`, before any step
-        raise ValueError(f"train_step takes 'fp32' or one of {tuple(AUTOCAST)}, got {precision!r}")
+               scaler: torch.amp.GradScaler | None = None, timeout_s: float = 600.) -> dict[str, float]:
+    """One AdamW step at learning rate `lr` (times each group's `lr_mult`), the towers under autocast for
+    `precision` 'bf16'/'fp16' (TF32 products for 'tf32'); raises before updating on NaN/inf, except that
+    with a gradient `scaler` (fp16) a step whose gradients overflow is skipped. Returns the full-batch
+    `loss`, the `grad_norm`, `t`, `b`, the gradient on b before clipping (0 where b is frozen) and the mean
+    `pos`itive and `neg`ative logits. Two host syncs (`StepReads`): one before the loss, one for the
+    statistics."""
+    if precision not in ('fp32', 'tf32', *AUTOCAST):              # 'auto': `train` decides it first
+        raise ValueError(f"train_step takes 'fp32', 'tf32' or one of {tuple(AUTOCAST)}, got {precision!r}")
     for group in optimizer.param_groups: group['lr'] = lr * group.get('lr_mult', 1.)
-    with torch.autocast(images.device.type, dtype=AUTOCAST.get(precision), enabled=precision != 'fp32'):
-        zimg, ztxt, scale, bias = model(images, tokens)
-    check_finite(step, world, zimg=zimg, ztxt=ztxt, log_t=scale.log(), bias=bias)   # t = exp(t') at 0 diverged too
-    loss = loss_fn(zimg, ztxt, scale, bias)              # float32 whatever the towers' dtype
-    mean = loss.detach().clone()
-    if world > 1: dist.all_reduce(mean); mean /= world   # the mean over ranks is the full-batch loss
-    optimizer.zero_grad(set_to_none=True)
-    (loss if scaler is None else scaler.scale(loss)).backward()
-    if scaler is not None: scaler.unscale_(optimizer)    # true gradients, for clipping and the logged norm
-    b_grad = torch.zeros_like(bias) if bias.grad is None else bias.grad.detach().clone()   # before clipping scales it
-    gnorm = nn.utils.clip_grad_norm_(model.parameters(), grad_clip or float('inf'))
-    stats = torch.stack([mean, gnorm, scale.detach(), bias.detach(), b_grad,
-                         *logit_means(zimg.float(), ztxt.float(), scale, bias)]).float().tolist()
-    stats = dict(zip(STEP_STATS, stats))
-    if scaler is not None: scaler.step(optimizer); scaler.update()   # skips the update if gradients overflowed
-    else:
-        bad = [k for k in ('loss', 'grad_norm') if not math.isfinite(stats[k])]   # equal on every rank: all raise
-        if bad: raise FloatingPointError(f"non-finite {bad[0]} at step {step}; stopped before the optimizer update "
-                                         "(lower lr or raise warmup_steps)")
-        optimizer.step()
+    with StepReads() as reads, tf32_products(precision == 'tf32'):
+        with torch.autocast(images.device.type, dtype=AUTOCAST.get(precision), enabled=precision in AUTOCAST):
+            zimg, ztxt, scale, bias = model(images, tokens)           # the text tower queues its token check
+        check_finite(step, world, zimg=zimg, ztxt=ztxt, log_t=scale.log(), bias=bias)   # t = 0 diverged too
+        # what the ring and all-gathers need
+        if world > 1: _check_same_shape(zimg, None, timeout_s, later=True)
+        t, b = reads.read(scale, bias)                                # read 1 of 2: the checks, and t and b
+        for z in (zimg, ztxt): reads.know(z, agreed=world > 1)        # so the loss reads nothing itself
+        reads.know(scale, t); reads.know(bias, b)
+        loss = loss_fn(zimg, ztxt, scale, bias)                       # float32 whatever the towers' dtype
+        mean = loss.detach().clone()
+        # the mean over ranks is the full-batch loss
+        if world > 1: dist.all_reduce(mean); mean /= world
+        optimizer.zero_grad(set_to_none=True)
+        (loss if scaler is None else scaler.scale(loss)).backward()
+        # true gradients, for clipping and the logged norm
+        if scaler is not None: scaler.unscale_(optimizer)
+        # b's gradient as the loss gave it, before clipping scales it
+        b_grad = torch.zeros_like(bias) if bias.grad is None else bias.grad.detach().clone()
+        gnorm = nn.utils.clip_grad_norm_(model.parameters(), grad_clip or float('inf'))
+        stats = torch.stack([mean, gnorm, scale.detach(), bias.detach(), b_grad,
+                             *logit_means(zimg.float(), ztxt.float(), scale, bias)])
+        stats = dict(zip(STEP_STATS, reads.read(stats.float())))     # read 2 of 2, with the backward's checks
+    if scaler is not None:         # GradScaler.step's rule (step unless a gradient overflowed), minus a read
+        if math.isfinite(stats['grad_norm']): optimizer.step()
+        scaler.update()                                               # lowers the scale after an overflow
+        return stats
+    bad = [k for k in ('loss', 'grad_norm') if not math.isfinite(stats[k])]   # equal on every rank: all raise
+    if bad: raise FloatingPointError(f"non-finite {bad[0]} at step {step}; stopped before the optimizer "
+                                     "update (lower lr or raise warmup_steps)")
+    optimizer.step()
     return stats
 
 # %% ../nbs/05_train.ipynb #8340dbc0
@@ -485,53 +535,89 @@ def resume_weights(model: nn.Module, optimizer: torch.optim.Optimizer, ckpt: Pat
         raise ValueError(f"{e}; {way_out}") from None
 
 # %% ../nbs/05_train.ipynb #1593fd91
+LEGACY = {'drop_last': False}   # what a run saved before the field existed did, where that is not its default
+
 def config_diff(saved: dict, config: dict) -> list[str]:
     """The fields in which a run's `config` (a `TrainConfig` as a dict) differs from a `saved` one, leaving out where
-    and how a run executes (`RUN_ONLY`); a field newer than the saved config counts as its default there."""
-    return sorted(k for k in config if k not in RUN_ONLY and saved.get(k, getattr(TrainConfig, k)) != config[k])
+    and how a run executes (`RUN_ONLY`); a field newer than the saved config counts as what runs did before it
+    (`LEGACY`), or else its default."""
+    before = lambda k: LEGACY.get(k, getattr(TrainConfig, k))
+    return sorted(k for k in config if k not in RUN_ONLY and saved.get(k, before(k)) != config[k])
 
 def train(cfg: TrainConfig, resume: bool = False, stop_at: int | None = None, loss_fn=None) -> tuple[SigLIP, dict]:
-    """Train (one process or `torchrun`), checkpointing to `cfg.out_dir`; returns the model and the run's state dict.
-    `loss_fn(zimg, ztxt, scale, bias)` replaces the loss `cfg.loss` names (e.g. a masked sigmoid loss); it is not
-    saved, so a resumed run must pass it again. A `cfg.precision` of 'auto' is decided here for the run's device."""
+    """Train (one process or `torchrun`), checkpointing to `cfg.out_dir`; returns the model and the run's
+    state dict. `loss_fn(zimg, ztxt, scale, bias)` replaces the loss `cfg.loss` names (e.g. a masked
+    sigmoid loss); under torchrun it sees the whole batch (`gathered_loss`). It is not saved, so a resumed
+    run must pass it again. A `cfg.precision` of 'auto' is decided here for the run's device."""
     if cfg.init_hf:                                   # the run takes the checkpoint's image size
         from .hf import hf_image_size
         cfg = dataclasses.replace(cfg, image_size=hf_image_size(cfg.init_hf))
     rank, world, device, own_group = setup_processes(cfg)
     cfg = dataclasses.replace(cfg, precision=run_precision(cfg, device, resume))        # the checkpoint says which
-    try: return _train(cfg, resume, stop_at, rank, world, device, loss_fn or make_loss(cfg, world))
+    loss_fn = make_loss(cfg, world) if loss_fn is None else gathered_loss(loss_fn, timeout_s=cfg.timeout)
+    try: return _train(cfg, resume, stop_at, rank, world, device, loss_fn)
     finally:
         if own_group: dist.destroy_process_group()        # also when a step raised: no process is left waiting
 
+def agreed_checkpoint(out_dir: str | Path) -> Path | None:
+    """The checkpoint a run in `out_dir` would resume from: rank 0's newest, on every rank. Each rank must
+    be able to read it; one that cannot (its node's disk lacks it) stops every rank, naming itself
+    (`fail_together`)."""
+    mine = latest_checkpoint(out_dir) if Path(out_dir).exists() else None
+    name = gather_objects(mine and mine.name)[0]                     # rank 0 decides
+    if name is None: return None
+    ckpt = Path(out_dir) / name
+
+    def readable():
+        if not (ckpt / 'state.json').is_file():
+            raise FileNotFoundError(f"rank 0 resumes from {name}, which is not in {out_dir} here: every "
+                                    "rank needs the run folder (put --out-dir on a shared file system, or "
+                                    "copy it to every node)")
+    fail_together(f'finding {name}', readable)
+    return ckpt
+
+def resume_state(ckpt: Path, state: dict, model: nn.Module, optimizer: torch.optim.Optimizer,
+                 scaler: torch.amp.GradScaler | None, rank: int, world: int) -> dict:
+    """Load `ckpt` into `model`, `optimizer`, `scaler` and this rank's RNG, after checking it fits the run
+    `state`."""
+    saved = read_state(ckpt)
+    diff = config_diff(saved['config'], state['config'])
+    # e.g. a preset changed
+    diff += sorted(f'model.{k}' for k in state['model_config']
+                   if saved['model_config'].get(k) != state['model_config'][k])
+    if diff: raise ValueError(f"cannot resume {ckpt}: its config differs from this run's in {diff}")
+    if state['data']: check_same_data(saved.get('data', {}), state['data'], ckpt)
+    resume_weights(model, optimizer, ckpt, saved.pop('optimizer_param_groups'))
+    # older runs: none saved
+    if scaler is not None and 'scaler' in saved: scaler.load_state_dict(saved['scaler'])
+    if len(saved['rng']) != world:
+        raise ValueError(f"checkpoint has {len(saved['rng'])} ranks' RNG states, this run has {world}")
+    torch.set_rng_state(rng_from_text(saved.pop('rng')[rank]))
+    return {**saved, 'config': state['config']}                      # the run folder may have moved
+
 def _train(cfg: TrainConfig, resume: bool, stop_at: int | None, rank: int, world: int, device: torch.device,
            loss_fn) -> tuple[SigLIP, dict]:
-    "The body of `train` once the process layout is known: build, maybe resume, loop, evaluate, checkpoint."
-    train_ds, val_ds, tok, data_info = build_data(cfg)
+    """The body of `train` once the process layout is known: build, maybe resume, loop, evaluate,
+    checkpoint. What one rank does alone, or on its own disk, runs under `fail_together`, so a failure
+    there stops every rank at once."""
+    train_ds, val_ds, tok, data_info = fail_together('reading the data', lambda: build_data(cfg))
     if rank == 0 and data_info: print(f"data: {data_info['summary']}; {data_info['train']} for training, "
                                       f"{data_info['val'] or 'the training pairs'} for validation")
-    if cfg.batch_size > len(train_ds):   # a batch would hold some pair twice, each copy a "negative" of the other
+    if cfg.batch_size > len(train_ds):   # no batch of distinct pairs: some pair would be its own negative
         raise ValueError(f"batch_size {cfg.batch_size} exceeds the {len(train_ds)} training pairs of {cfg.data!r}")
-    model = build_model(cfg, tok).to(device).train()
+    model = fail_together('building the model', lambda: build_model(cfg, tok)).to(device).train()
     if cfg.compile: compile_towers(model)
     optimizer = make_optimizer(model, cfg)
     state = {'step': 0, 'config': dataclasses.asdict(cfg), 'model_config': dataclasses.asdict(model.cfg),
              'tokenizer': tok.to_dict(), 'data': data_info,
              'history': {'lr': [], **{k: [] for k in STEP_STATS}, 'val': []}}
     scaler = torch.amp.GradScaler(device.type) if cfg.precision == 'fp16' else None
-    ckpt = latest_checkpoint(cfg.out_dir) if Path(cfg.out_dir).exists() else None
+    ckpt = agreed_checkpoint(cfg.out_dir)                            # one decision for every rank
     if ckpt is not None and not resume:
         raise FileExistsError(f"{cfg.out_dir} already holds {ckpt.name}: pass resume=True (--resume) or use another out_dir")
     if ckpt is not None:
-        saved = read_state(ckpt)
-        diff = config_diff(saved['config'], state['config'])
-        diff += sorted(f'model.{k}' for k in state['model_config'] if saved['model_config'].get(k) != state['model_config'][k])  # e.g. a preset changed
-        if diff: raise ValueError(f"cannot resume {ckpt}: its config differs from this run's in {diff}")
-        if data_info: check_same_data(saved.get('data', {}), data_info, ckpt)
-        resume_weights(model, optimizer, ckpt, saved.pop('optimizer_param_groups'))
-        if scaler is not None and 'scaler' in saved: scaler.load_state_dict(saved['scaler'])   # older runs: none saved
-        if len(saved['rng']) != world: raise ValueError(f"checkpoint has {len(saved['rng'])} ranks' RNG states, this run has {world}")
-        torch.set_rng_state(rng_from_text(saved.pop('rng')[rank]))
-        state = {**saved, 'config': state['config']}       # the run folder may have moved
+        state = fail_together(f'resuming from {ckpt.name}',
+                              lambda: resume_state(ckpt, state, model, optimizer, scaler, rank, world))
     else: torch.manual_seed(cfg.seed * 1_000_003 + rank)  # per-rank stream for any randomness in training
     net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None) if world > 1 else model
     val_images, val_tokens = get_batch(val_ds, tok, torch.arange(min(len(val_ds), cfg.batch_size)), device)
@@ -539,22 +625,26 @@ def _train(cfg: TrainConfig, resume: bool, stop_at: int | None, rank: int, world
     if stop <= state['step']: raise ValueError(f"nothing to train: the run is at step {state['step']}, stop_at/steps is {stop}")
     bar = tqdm(range(state['step'], stop), initial=state['step'], total=cfg.steps, disable=rank != 0, mininterval=1, desc='train')
     for step in bar:
-        images, tokens = get_batch(train_ds, tok, batch_indices(cfg.seed, step, len(train_ds), cfg.batch_size, rank, world), device)
+        idx = batch_indices(cfg.seed, step, len(train_ds), cfg.batch_size, rank, world, cfg.drop_last)
+        images, tokens = get_batch(train_ds, tok, idx, device)
         if cfg.noise != 'none': images, tokens = corrupt_batch(images, tokens, cfg.noise, cfg.noise_frac, tok)
         lr = lr_at(step, cfg)
         stats = train_step(net, optimizer, loss_fn, images, tokens, step, lr, cfg.grad_clip, world, cfg.precision,
-                           scaler)
+                           scaler, cfg.timeout)
         h = state['history']; h['lr'].append(lr)
         for k, v in stats.items(): h.setdefault(k, []).append(v)      # a run saved before a stat existed lacks it
-        loss = stats['loss']
         state['step'] = done = step + 1
-        if rank == 0 and ((cfg.eval_every and done % cfg.eval_every == 0) or done == stop):
-            h['val'].append({'step': done, 'loss': evaluate_loss(model, val_images, val_tokens, cfg.loss)})
-            bar.set_postfix(loss=f'{loss:.3f}', val=f"{h['val'][-1]['loss']:.3f}", lr=f'{lr:.1e}')
+        if (cfg.eval_every and done % cfg.eval_every == 0) or done == stop:
+            val = fail_together(f'evaluation at step {done}',
+                                lambda: evaluate_loss(model, val_images, val_tokens, cfg.loss), rank == 0)
+            if rank == 0:
+                h['val'].append({'step': done, 'loss': val})
+                bar.set_postfix(loss=f"{stats['loss']:.3f}", val=f'{val:.3f}', lr=f'{lr:.1e}')
         if (cfg.ckpt_every and done % cfg.ckpt_every == 0) or done == stop:
             rng = gather_rng(world, device)                          # a collective: every rank takes part
             if scaler is not None: state['scaler'] = scaler.state_dict()   # the same on every rank: one read
-            if rank == 0: save_checkpoint(cfg.out_dir, model, optimizer, {**state, 'rng': rng})
+            save = lambda: save_checkpoint(cfg.out_dir, model, optimizer, {**state, 'rng': rng})
+            fail_together(f'saving the checkpoint of step {done}', save, rank == 0)
     bar.close()
     return model.eval(), state
 
@@ -582,19 +672,83 @@ def plot_logits(history: dict, ax=None):
     ax.legend(fontsize=8, loc='lower right'); ax.set_title('temperature, bias and mean logits')
     return ax
 
+# %% ../nbs/05_train.ipynb #274fc4c8
+READS = ('item', 'tolist', '__bool__', '__float__', '__int__')
+
+@contextlib.contextmanager
+def counting_reads(optimizer: torch.optim.Optimizer):
+    "Count the tensor-to-Python reads made inside the block (`count[0]`), except inside `optimizer.step`."
+    count, active, saved, step = [0], [True], {n: getattr(torch.Tensor, n) for n in READS}, optimizer.step
+    def counted(f):
+        def read(*a, **k):
+            count[0] += active[0]
+            return f(*a, **k)
+        return read
+    def quiet_step(*a, **k):
+        active[0] = False
+        try: return step(*a, **k)
+        finally: active[0] = True
+    for n in READS: setattr(torch.Tensor, n, counted(saved[n]))
+    optimizer.step = quiet_step
+    try: yield count
+    finally:
+        for n, f in saved.items(): setattr(torch.Tensor, n, f)
+        del optimizer.step
+
+@contextlib.contextmanager
+def counting_syncs(device: torch.device, optimizer: torch.optim.Optimizer):
+    """Count the host syncs made inside the block (`count[0]`, set on leaving it): on a GPU the CUDA calls
+    that `torch.cuda.set_sync_debug_mode` reports, on the CPU the tensor-to-Python reads
+    (`counting_reads`)."""
+    if device.type != 'cuda':
+        with counting_reads(optimizer) as count: yield count
+        return
+    count = [0]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        torch.cuda.set_sync_debug_mode('warn')
+        try: yield count
+        finally: torch.cuda.set_sync_debug_mode(0)
+    count[0] = sum('synchroniz' in str(w.message).lower() for w in caught)
+
+def count_step_syncs(*cfgs: TrainConfig, steps: int = 2) -> list[int]:
+    """For each configuration (its loss, ring, precision, device; the tiny model on `n_train` shapes), the
+    host syncs of the last of `steps` training steps, in this process or on this rank of its process group."""
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    counts = []
+    for cfg in cfgs:
+        device = pick_device(cfg.device)
+        precision = run_precision(cfg, device)
+        train_ds, _, tok = builtin_data('shapes', cfg.n_train, cfg.seed, cfg.image_size)
+        model = build_model(cfg, tok).to(device).train()
+        ids = [device] if device.type == 'cuda' else None
+        net = DistributedDataParallel(model, device_ids=ids) if world > 1 else model
+        optimizer = make_optimizer(model, cfg)
+        loss_fn = make_loss(dataclasses.replace(cfg, precision=precision), world)
+        scaler = torch.amp.GradScaler(device.type) if precision == 'fp16' else None
+        for step in range(steps):
+            idx = batch_indices(cfg.seed, step, len(train_ds), cfg.batch_size, rank, world, cfg.drop_last)
+            images, tokens = get_batch(train_ds, tok, idx, device)
+            with counting_syncs(device, optimizer) as syncs:
+                train_step(net, optimizer, loss_fn, images, tokens, step, cfg.lr, cfg.grad_clip, world,
+                           precision, scaler, cfg.timeout)
+        counts.append(syncs[0])
+    return counts
+
 # %% ../nbs/05_train.ipynb #bf2f180d
 def add_dataclass_args(parser: argparse.ArgumentParser, cls, choices: dict | None = None, skip: tuple = ()) -> None:
-    """One `--flag` per field of the dataclass `cls` (defaults from it; `choices` by field name; booleans as
-    `--flag/--no-flag`): every setting of a run is a flag, and no flag can drift from the field it sets."""
+    """One `--flag` per field of the dataclass `cls` (defaults from it; `choices` by field name; booleans
+    as `--flag/--no-flag`; the field's `metadata['help']` where it has one): every setting of a run is a
+    flag, and no flag can drift from the field it sets."""
     for f in dataclasses.fields(cls):
         if f.name in skip: continue
         flag = '--' + f.name.replace('_', '-')
+        text = '; '.join(filter(None, (f.metadata.get('help'), f'default: {f.default}')))
         if isinstance(f.default, bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default,
-                                help=f'default: {f.default}')
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=text)
         else:
             parser.add_argument(flag, type=type(f.default), default=f.default, choices=(choices or {}).get(f.name),
-                                help=f'default: {f.default}')
+                                help=text)
 
 def dataclass_from_args(cls, args: argparse.Namespace, **overrides):
     "An instance of the dataclass `cls` from the parsed flags `add_dataclass_args` made (fields it skipped: defaults)."

@@ -22,10 +22,9 @@ from .vlm_train import VLMTrainConfig, VLM_PRECISIONS, train_vlm, load_vlm
 from .demo import DEMO_PRECISION
 
 # %% auto #0
-__all__ = ['EVAL_SPLITS', 'VLM_DEMO_V1', 'VLM_DEMO_V1_TRAIN', 'VLM_DEMO', 'VLM_DEMO_TRAIN', 'BLIND_STEPS', 'VARIANTS', 'answer',
+__all__ = ['EVAL_SPLITS', 'VLM_DEMO_V1', 'VLM_DEMO_V1_TRAIN', 'VLM_DEMO', 'VLM_DEMO_TRAIN', 'BLIND_STEPS', 'answer',
            'vqa_accuracy', 'evaluation_sets', 'evaluate_vlm', 'vqa_table', 'plot_answers', 'vlm_demo', 'vlm_report',
-           'apply_overrides', 'run_arm', 'run_variants', 'variants_table', 'relation_outcomes', 'ask', 'add_vlm_args',
-           'vlm_demo_configs', 'run_vlm']
+           'relation_outcomes', 'apply_overrides', 'run_arm', 'ask', 'add_vlm_args', 'vlm_demo_configs', 'run_vlm']
 
 # %% ../nbs/08_vlm_eval.ipynb #f7f91c43
 @torch.no_grad()
@@ -113,9 +112,9 @@ def plot_answers(model: VLM, tok: Tokenizer, data: VQASet, idx: list[int], ncols
     return fig
 
 # %% ../nbs/08_vlm_eval.ipynb #e71c4122
-VLM_DEMO_V1 = VLMConfig(mode='full')                                     # the tower trains too: see the variants
+VLM_DEMO_V1 = VLMConfig(mode='full')                    # the tower trains too: see 08b_vlm_recipes' variants
 VLM_DEMO_V1_TRAIN = VLMTrainConfig(out_dir='runs/vlm_demo', vision_lr=1e-3)
-VLM_DEMO = dataclasses.replace(VLM_DEMO_V1, value_view=True, lm_depth=3)  # measured at the end of this notebook
+VLM_DEMO = dataclasses.replace(VLM_DEMO_V1, value_view=True, lm_depth=3)  # found in 08b_vlm_recipes
 VLM_DEMO_TRAIN = dataclasses.replace(VLM_DEMO_V1_TRAIN, schedule='wsd')
 BLIND_STEPS = 300   # the blind model only learns the answer prior: its loss stops falling within a few hundred steps
 
@@ -164,18 +163,21 @@ def vlm_report(metrics: dict) -> str:
                       *(line(split, metrics[key]) for split, key in EVAL_SPLITS.items() if key in metrics),
                       line('blind (seen)', metrics['blind'])])
 
-# %% ../nbs/08_vlm_eval.ipynb #ece07e64
-VARIANTS = {
-    'demo recipe': {},
-    'equal family weights': dict(family_weights=''),
-    'no explicit patch (x, y)': dict(patch_xy=False),
-    'cross-attention fusion': dict(fusion='cross_attention'),
-    'perceiver (16 latents)': dict(connector='perceiver'),
-    'full tower, tower lr 3e-4': dict(vision_lr=3e-4),
-    'LoRA tower': dict(mode='lora'),
-    'frozen tower': dict(mode='frozen'),
-}
+# %% ../nbs/08_vlm_eval.ipynb #810e8d69
+def relation_outcomes(data: VQASet, preds: list[str]) -> dict[int, dict[str, int]]:
+    """Answers `preds` to the relation questions `data`, by the scene's object count: `n` questions, `right`, and the
+    wrong ones by what they name: the `reference` (the object the question names), the `third object` (the scene's
+    other object, in another direction) or a name `absent` from the scene."""
+    out = {}
+    for question, truth, pred, i in zip(data.questions, data.answers, preds, data.image.tolist()):
+        names = {f"{o['colour']} {o['shape']}" for o in data.scenes[i]}
+        kind = ('right' if pred == truth else 'reference' if pred == question.rsplit(' the ', 1)[1]
+                else 'third object' if pred in names else 'absent')
+        counts = out.setdefault(len(names), dict.fromkeys(('n', 'right', 'reference', 'third object', 'absent'), 0))
+        counts['n'] += 1; counts[kind] += 1
+    return out
 
+# %% ../nbs/08_vlm_eval.ipynb #ece07e64
 def apply_overrides(base: VLMConfig, train_cfg: VLMTrainConfig, overrides: dict,
                     **train_fields) -> tuple[VLMConfig, VLMTrainConfig]:
     "`base` and `train_cfg` changed by `overrides`, each to the dataclass that has the field, then by `train_fields`."
@@ -208,35 +210,6 @@ def run_arm(overrides: dict, siglip: str | Path = 'runs/demo', seed: int = 0, lr
     trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return {**row, 'train_s': state['train_s'], 'visual_tokens': model.n_visual, 'params_trained': trained,
             **splits(ev), 'answers_per_s': ev['answers_per_s'], 'loss_every_10': loss_every_10}
-
-def run_variants(siglip: str | Path, variants: dict[str, dict] = VARIANTS, **kwargs) -> dict[str, dict]:
-    "`run_arm` for each variant's overrides (same seed and evaluation scenes): its row by the variant's name."
-    return {name: run_arm(overrides, siglip, **kwargs) for name, overrides in variants.items()}
-
-def variants_table(rows: dict[str, dict]) -> str:
-    "Markdown: one row per variant, overall on both splits and held-out accuracy per family."
-    pct = lambda v: '–' if v is None else f'{100 * v:.1f}%'
-    head = ['| variant | train | seen | seen position | seen relation | held-out | '
-            + ' | '.join(f'h-o {f}' for f in FAMILIES) + ' |', '|---|' + '---|' * (5 + len(FAMILIES))]
-    row = lambda name, r: (f"| {name} | {r['train_s']:.0f} s | {pct(r['seen']['overall'])} | "
-                           f"{pct(r['seen']['position'])} | {pct(r['seen']['relation'])} | "
-                           f"{pct(r['held_out']['overall'])} | "
-                           + ' | '.join(pct(r['held_out'].get(f)) for f in FAMILIES) + ' |')
-    return '\n'.join(head + [row(name, r) for name, r in rows.items()])
-
-# %% ../nbs/08_vlm_eval.ipynb #810e8d69
-def relation_outcomes(data: VQASet, preds: list[str]) -> dict[int, dict[str, int]]:
-    """Answers `preds` to the relation questions `data`, by the scene's object count: `n` questions, `right`, and the
-    wrong ones by what they name: the `reference` (the object the question names), the `third object` (the scene's
-    other object, in another direction) or a name `absent` from the scene."""
-    out = {}
-    for question, truth, pred, i in zip(data.questions, data.answers, preds, data.image.tolist()):
-        names = {f"{o['colour']} {o['shape']}" for o in data.scenes[i]}
-        kind = ('right' if pred == truth else 'reference' if pred == question.rsplit(' the ', 1)[1]
-                else 'third object' if pred in names else 'absent')
-        counts = out.setdefault(len(names), dict.fromkeys(('n', 'right', 'reference', 'third object', 'absent'), 0))
-        counts['n'] += 1; counts[kind] += 1
-    return out
 
 # %% ../nbs/08_vlm_eval.ipynb #0f8b3044
 def ask(run: str | Path, image: str | Path, question: str, device: str = 'cpu') -> str:

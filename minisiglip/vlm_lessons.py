@@ -19,37 +19,37 @@ from .vlm_train import VLMTrainConfig
 from .vlm_eval import run_arm
 
 # %% auto #0
-__all__ = ['LESSON_BASE', 'LESSON_TRAIN', 'LR_GRID', 'SEEDS', 'N_EVAL', 'TOWERS', 'ARMS', 'CLAIMS', 'LESSONS', 'read_rows',
-           'best_lr', 'run_grid', 'chosen_runs', 'arm_scores', 'verdict', 'Claim', 'judge', 'train_seconds',
-           'lesson_table', 'plot_lesson', 'plot_losses', 'summary_table', 'claim_sentence']
+__all__ = ['LESSON_BASE', 'LESSON_TRAIN', 'LR_LADDER', 'FIRST_FACTORS', 'SEEDS', 'MORE_SEEDS', 'CLOSE', 'N_EVAL', 'TOWERS',
+           'ARMS', 'PRETRAINED_LM', 'NO_NEW_PIXELS', 'CLAIMS', 'LESSONS', 'read_rows', 'lr_grid', 'best_lr',
+           'grid_extension', 'is_bracketed', 'run_grid', 'chosen_runs', 'arm_scores', 'verdict', 'Claim', 'judge',
+           'is_close', 'train_seconds', 'lesson_table', 'plot_lesson', 'plot_losses', 'summary_table', 'claim_sentence']
 
 # %% ../nbs/08a_vlm_lessons.ipynb #99ac142e
 LESSON_BASE = VLMConfig()   # what every arm changes: frozen tower, pixel shuffle r = 2, prefix fusion, 2 LM blocks
-LESSON_TRAIN = VLMTrainConfig(steps=300, warmup_steps=30)   # a quarter of the demo's 1,200 steps; tower lr 3e-4
-LR_GRID = (1., 2., 4.)      # factors on LESSON_TRAIN's learning rates (LM 1e-3, connector 2e-3, tower 3e-4)
-SEEDS = (0, 1, 2)           # the first picks each arm's learning rate
-N_EVAL = 300                # fresh scenes per split (seen, held_out), the same for every arm of a seed
+LESSON_TRAIN = VLMTrainConfig(steps=1200, warmup_steps=50)   # where the base arm has (nearly) stopped changing
+LR_LADDER = (0.25, 0.5, 1., 2., 4., 8.)   # factors on LESSON_TRAIN's learning rates (LM 1e-3, connector 2e-3, tower 3e-4)
+FIRST_FACTORS = (0.5, 1., 2.)             # every arm's first grid, on seed 0
+SEEDS, MORE_SEEDS = (0, 1, 2), (3, 4)     # the first picks each arm's factor; more seeds where a claim is close
+CLOSE = 0.03                # a claim's arms within this on some seed (test `seen`, or its split) get MORE_SEEDS
+N_EVAL = 300                # fresh scenes per split, dev and test, the same for every arm of a seed
 TOWERS = {'sigmoid': 'runs/demo', 'softmax': 'runs/demo_softmax'}   # SigLIP runs whose image tower the VLM uses
 
 ARMS = {                    # name: overrides of LESSON_BASE (fields of VLMConfig / VLMTrainConfig, or `tower`)
     'blind': dict(fusion='none'),
-    'pixel shuffle (base)': {},
-    'linear': dict(connector='linear'),
-    'mlp': dict(connector='mlp'),
+    'pixel shuffle (base)': {},                                    # 16 tokens: 2 x 2 patches merged, a linear map
+    'pixel shuffle + MLP': dict(mp_mlp=True),                      # 16 tokens: 2 x 2 patches merged, an MLP
+    'perceiver 16': dict(connector='perceiver', mp_latents=16),    # 16 learned latents
+    'linear': dict(connector='linear'),                            # 64 tokens: every patch, a linear map
+    'mlp': dict(connector='mlp'),                                  # 64 tokens: every patch, an MLP
+    'perceiver 64': dict(connector='perceiver', mp_latents=64),    # 64 learned latents
     'perceiver 4': dict(connector='perceiver', mp_latents=4),
-    'perceiver 16': dict(connector='perceiver', mp_latents=16),
-    'perceiver 64': dict(connector='perceiver', mp_latents=64),
-    'cross-attn frozen': dict(fusion='cross_attention'),
-    'prefix LoRA': dict(mode='lora'),
-    'cross-attn LoRA': dict(fusion='cross_attention', mode='lora'),
-    'prefix full': dict(mode='full'),
-    'cross-attn full': dict(fusion='cross_attention', mode='full'),
-    'split image': dict(split_image=True),
+    'cross-attn': dict(fusion='cross_attention'),                  # 2 gated cross-attention blocks beside the 2 LM blocks
+    'prefix, 4 LM blocks': dict(lm_depth=4),                       # as many extra blocks, in the prefix LM
     'random tower': dict(random_tower=True),
     'softmax tower': dict(tower='softmax'),
 }
 
-# %% ../nbs/08a_vlm_lessons.ipynb #e0857571
+# %% ../nbs/08a_vlm_lessons.ipynb #57a2f4a7
 def _run_job(job: tuple) -> dict:
     "One row of the grid, in a worker process with one thread."
     name, overrides, seed, lr_scale, towers, base, train_cfg, n_eval = job
@@ -58,7 +58,7 @@ def _run_job(job: tuple) -> dict:
     tower = overrides.pop('tower', 'sigmoid')
     t0 = time.perf_counter()
     row = run_arm(overrides, towers[tower], seed=seed, lr_scale=lr_scale, base=base, train_cfg=train_cfg,
-                  n_eval=n_eval)
+                  n_eval=n_eval, test=True)
     return {'arm': name, 'tower': tower, **row, 'wall_s': time.perf_counter() - t0}
 
 def read_rows(path: str | Path) -> list[dict]:
@@ -66,26 +66,48 @@ def read_rows(path: str | Path) -> list[dict]:
     path = Path(path)
     return [json.loads(line) for line in path.read_text().splitlines() if line] if path.exists() else []
 
-def best_lr(rows: list[dict], arm: str, seed: int = SEEDS[0]) -> float:
-    "The learning-rate factor whose run of `arm` on `seed` scored best on `seen` (a diverged run scores below any)."
-    runs = [r for r in rows if r['arm'] == arm and r['seed'] == seed]
-    if not runs: raise KeyError(f"no run of {arm!r} with seed {seed}")
-    return max(runs, key=lambda r: r['seen']['overall'] if 'seen' in r else -1.)['lr_scale']
+def _dev_score(row: dict) -> float: return row['seen']['overall'] if 'seen' in row else -1.   # diverged: below any
 
-def run_grid(arms: dict[str, dict], path: str | Path, towers: dict[str, str] = TOWERS, seeds: tuple = SEEDS,
-             lr_grid: tuple = LR_GRID, base: VLMConfig = LESSON_BASE, train_cfg=LESSON_TRAIN, n_eval: int = N_EVAL,
-             workers: int = 2) -> list[dict]:
-    """Every arm at each factor of `lr_grid` on `seeds[0]`, then on the other seeds at its best factor; rows are
-    appended to the JSON Lines file `path` as they finish, and rows already there (same arm, seed, factor and steps)
-    are reused. Returns the rows of `arms`."""
-    path, rows = Path(path), read_rows(path)
+def lr_grid(rows: list[dict], arm: str) -> list[float]:
+    "The factors at which seed 0 of `arm` has run, in order: its grid."
+    return sorted({r['lr_scale'] for r in rows if r['arm'] == arm and r['seed'] == SEEDS[0]})
+
+def best_lr(rows: list[dict], arm: str) -> float:
+    "The factor whose seed-0 run of `arm` scored best on dev `seen` questions (a diverged run scores below any)."
+    runs = [r for r in rows if r['arm'] == arm and r['seed'] == SEEDS[0]]
+    if not runs: raise KeyError(f"no run of {arm!r} with seed {SEEDS[0]}")
+    return max(runs, key=_dev_score)['lr_scale']
+
+def grid_extension(rows: list[dict], arm: str, ladder: tuple = LR_LADDER) -> list[float]:
+    "The next factor of `ladder` beyond the edge of `arm`'s grid where its best factor sits ([] once it is inside)."
+    grid, best = lr_grid(rows, arm), best_lr(rows, arm)
+    i = ladder.index(best)
+    if best == grid[0] and i > 0: return [ladder[i - 1]]
+    if best == grid[-1] and i + 1 < len(ladder): return [ladder[i + 1]]
+    return []
+
+def is_bracketed(rows: list[dict], arm: str) -> bool:
+    "Whether `arm`'s chosen factor lies strictly inside the factors its seed 0 ran at."
+    grid = lr_grid(rows, arm)
+    return grid[0] < best_lr(rows, arm) < grid[-1]
+
+def run_grid(arms: dict[str, dict], path: str | Path, towers: dict[str, str] = TOWERS, claims: list | None = None,
+             first: tuple = FIRST_FACTORS, ladder: tuple = LR_LADDER, seeds: tuple = SEEDS,
+             more_seeds: tuple = MORE_SEEDS, base: VLMConfig = LESSON_BASE, train_cfg=LESSON_TRAIN,
+             n_eval: int = N_EVAL, workers: int = 2) -> list[dict]:
+    """Every arm on `seeds[0]` over a grid of factors that starts at `first` and grows along `ladder` until the best
+    is inside it, then on the other `seeds` at that factor, then on `more_seeds` for the arms of the `claims` (default
+    `CLAIMS`) that are close. Rows are appended to the JSON Lines file `path` as they finish, and rows already there
+    (same arm, seed, factor and steps) are reused. Returns the rows of `arms` at `train_cfg.steps`."""
+    path = Path(path)
+    rows = [r for r in read_rows(path) if r['steps'] == train_cfg.steps]
     unknown = {o.get('tower', 'sigmoid') for o in arms.values()} - set(towers)
     if unknown: raise ValueError(f"arms name towers {sorted(unknown)} that `towers` does not give a run folder for")
 
     def run(jobs: list[tuple[str, int, float]]):
-        done = {(r['arm'], r['seed'], r['lr_scale'], r['steps']) for r in rows}
-        todo = [(name, arms[name], seed, lr, towers, base, train_cfg, n_eval) for name, seed, lr in jobs
-                if (name, seed, lr, train_cfg.steps) not in done]
+        done = {(r['arm'], r['seed'], r['lr_scale']) for r in rows}
+        todo = [(name, arms[name], seed, lr, towers, base, train_cfg, n_eval) for name, seed, lr in dict.fromkeys(jobs)
+                if (name, seed, lr) not in done]
         if not todo: return
         from minisiglip.vlm_lessons import _run_job as job_in_package   # a notebook's own function cannot be pickled
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context('spawn')) as pool:
@@ -94,19 +116,26 @@ def run_grid(arms: dict[str, dict], path: str | Path, towers: dict[str, str] = T
                 rows.append(future.result())
                 with path.open('a') as f: f.write(json.dumps(rows[-1]) + '\n')
 
-    run([(name, seeds[0], lr) for name in arms for lr in lr_grid])
-    run([(name, seed, best_lr(rows, name, seeds[0])) for name in arms for seed in seeds[1:]])
-    return [r for r in rows if r['arm'] in arms and r['steps'] == train_cfg.steps]
+    jobs = [(name, seeds[0], lr) for name in arms for lr in first]
+    while jobs:                                     # grow each arm's grid until its best factor is inside it
+        run(jobs)
+        jobs = [(name, seeds[0], lr) for name in arms for lr in grid_extension(rows, name, ladder)]
+    run([(name, seed, best_lr(rows, name)) for name in arms for seed in seeds[1:]])
+    close = {arm for c in (CLAIMS if claims is None else claims) if not c.untested and is_close(rows, c)
+             for arm in (c.better, c.worse)}
+    run([(name, seed, best_lr(rows, name)) for name in arms if name in close for seed in more_seeds])
+    return [r for r in rows if r['arm'] in arms]
 
-# %% ../nbs/08a_vlm_lessons.ipynb #b27e30b9
+# %% ../nbs/08a_vlm_lessons.ipynb #740d5cac
 def chosen_runs(rows: list[dict], arm: str) -> list[dict]:
     "The runs of `arm` at its chosen learning-rate factor, one per seed, by seed."
     lr = best_lr(rows, arm)
     return sorted((r for r in rows if r['arm'] == arm and r['lr_scale'] == lr), key=lambda r: r['seed'])
 
 def arm_scores(rows: list[dict], arm: str, split: str = 'seen', family: str = 'overall') -> list[float]:
-    "`arm`'s accuracy per seed at its chosen factor, on `split` ('seen', 'held_out') and `family` (diverged: left out)."
-    return [r[split][family] for r in chosen_runs(rows, arm) if split in r]
+    """`arm`'s test accuracy per seed at its chosen factor, on `split` ('seen', 'held_out', 'held_out_controls') and
+    `family` (diverged runs are left out)."""
+    return [r['test'][split][family] for r in chosen_runs(rows, arm) if 'test' in r]
 
 def verdict(better: list[float], worse: list[float], kind: str = 'beats') -> str:
     """The claim '`better` beats `worse`' (kind 'beats') or '`better` is no better than `worse`' (kind 'no better'),
@@ -117,10 +146,13 @@ def verdict(better: list[float], worse: list[float], kind: str = 'beats') -> str
     if kind == 'no better': above, below = below, above
     return 'holds here' if above else 'does not hold here' if below else 'cannot tell'
 
-# %% ../nbs/08a_vlm_lessons.ipynb #d3249aa8
+# %% ../nbs/08a_vlm_lessons.ipynb #c3610429
+PRETRAINED_LM = "the paper's modes apply to a pretrained LM; ours is trained from scratch in every arm"
+NO_NEW_PIXELS = "our crops are scaled up from the same 32 x 32 render: they add no pixels"
+
 @dataclass(frozen=True)
 class Claim:
-    "One finding of the paper, as a comparison of two arms of the grid."
+    "One finding of the paper (or a question of ours), as a comparison of two arms of the grid."
     lesson: str
     text: str                  # the claim, as the paper makes it
     paper: str                 # the paper's evidence, quoted ('': our own question, not the paper's)
@@ -129,21 +161,30 @@ class Claim:
     split: str = 'seen'
     family: str = 'overall'
     kind: str = 'beats'
+    untested: str = ''         # why this setup cannot test the claim ('' when it can)
 
 CLAIMS = [
-    Claim('connector', 'a perceiver resampler beats an MLP', 'perceiver 60.3 vs mapping network 51.8',
-          'perceiver 16', 'mlp'),
-    Claim('connector', 'an MLP beats a linear projection', 'mapping network 51.8 vs linear 44.5', 'mlp', 'linear'),
+    Claim('connector', 'a perceiver resampler beats an MLP, at 16 tokens each', '', 'perceiver 16',
+          'pixel shuffle + MLP'),
+    Claim('connector', 'a perceiver resampler beats an MLP, at 64 tokens each', '', 'perceiver 64', 'mlp'),
+    Claim('connector', 'an MLP beats a linear projection, at 16 tokens each', '', 'pixel shuffle + MLP',
+          'pixel shuffle (base)'),
+    Claim('connector', 'an MLP beats a linear projection, at 64 tokens each', 'mapping network 51.8 vs linear 44.5',
+          'mlp', 'linear'),
     Claim('pooling', 'pooling to a few learned latents beats all the patch tokens',
           '64 latents 60.3 vs 729 tokens 51.8', 'perceiver 16', 'mlp'),
     Claim('pooling', 'more latents do not help', '128 latents 71.2 vs 64 latents 71.7', 'perceiver 64', 'perceiver 16',
           kind='no better'),
-    Claim('fusion × mode', 'frozen: cross-attention beats the prefix', '66.7 vs 60.3', 'cross-attn frozen',
-          'pixel shuffle (base)'),
-    Claim('fusion × mode', 'LoRA: the prefix beats cross-attention', '69.5 vs 67.3', 'prefix LoRA', 'cross-attn LoRA'),
-    Claim('fusion × mode', 'prefix: LoRA beats frozen', '69.5 vs 60.3', 'prefix LoRA', 'pixel shuffle (base)'),
-    Claim('splitting', 'image splitting helps questions that need detail',
-          'TextVQA 70.4 → 73.0, DocVQA 67.3 → 74.0', 'split image', 'pixel shuffle (base)', family='count'),
+    Claim('fusion × mode', 'frozen backbones: cross-attention beats the prefix', '66.7 vs 60.3', 'cross-attn',
+          'pixel shuffle (base)', untested=PRETRAINED_LM),
+    Claim('fusion × mode', 'LoRA on both backbones: the prefix beats cross-attention', '69.5 vs 67.3', 'prefix LoRA',
+          'cross-attn LoRA', untested=PRETRAINED_LM),
+    Claim('fusion × mode', 'prefix: LoRA beats frozen backbones', '69.5 vs 60.3', 'prefix LoRA',
+          'pixel shuffle (base)', untested=PRETRAINED_LM),
+    Claim('fusion × mode', 'tower frozen, LM trained: cross-attention beats a prefix LM with as many extra blocks', '',
+          'cross-attn', 'prefix, 4 LM blocks'),
+    Claim('splitting', 'image splitting helps questions that need detail', 'TextVQA 70.4 → 73.0, DocVQA 67.3 → 74.0',
+          'split image', 'pixel shuffle (base)', untested=NO_NEW_PIXELS),
     Claim('tower', 'a trained vision encoder beats a random one', 'a stronger backbone gives a stronger VLM',
           'pixel shuffle (base)', 'random tower'),
     Claim('tower', 'the trained tower helps on unseen colour–shape pairs too', '', 'pixel shuffle (base)',
@@ -153,19 +194,25 @@ CLAIMS = [
 ]
 
 def judge(rows: list[dict], claim: Claim) -> dict:
-    "The claim's two arms' per-seed scores, their means and the verdict."
+    "The claim's two arms' per-seed scores, their means and the verdict ('not tested here' without reading a row)."
+    if claim.untested: return {'better': [], 'worse': [], 'better_mean': None, 'worse_mean': None,
+                               'verdict': 'not tested here'}
     a, b = (arm_scores(rows, arm, claim.split, claim.family) for arm in (claim.better, claim.worse))
     mean = lambda v: sum(v) / len(v) if v else float('nan')
     return {'better': a, 'worse': b, 'better_mean': mean(a), 'worse_mean': mean(b),
             'verdict': verdict(a, b, claim.kind)}
 
-# %% ../nbs/08a_vlm_lessons.ipynb #f60d18b0
+def is_close(rows: list[dict], claim: Claim) -> bool:
+    "Whether the claim's two arms come within `CLOSE` of each other on some pair of seeds (its split and family)."
+    j = judge(rows, claim)
+    return any(abs(a - b) < CLOSE for a in j['better'] for b in j['worse'])
+
+# %% ../nbs/08a_vlm_lessons.ipynb #b27e30b9
 LESSONS = {
-    'connector': ['blind', 'linear', 'mlp', 'pixel shuffle (base)', 'perceiver 16'],
+    'connector': ['blind', 'pixel shuffle (base)', 'pixel shuffle + MLP', 'perceiver 16', 'linear', 'mlp',
+                  'perceiver 64'],
     'pooling': ['blind', 'mlp', 'perceiver 4', 'perceiver 16', 'perceiver 64'],
-    'fusion × mode': ['blind', 'pixel shuffle (base)', 'cross-attn frozen', 'prefix LoRA', 'cross-attn LoRA',
-                      'prefix full', 'cross-attn full'],
-    'splitting': ['blind', 'pixel shuffle (base)', 'split image'],
+    'fusion × mode': ['blind', 'pixel shuffle (base)', 'prefix, 4 LM blocks', 'cross-attn'],
     'tower': ['blind', 'pixel shuffle (base)', 'random tower', 'softmax tower'],
 }
 
@@ -177,21 +224,23 @@ def _spread(v: list[float]) -> str:
     return '–' if not v else f"{100 * sum(v) / len(v):.1f}% ({100 * min(v):.0f}–{100 * max(v):.0f})"
 
 def lesson_table(rows: list[dict], arms: list[str]) -> str:
-    "Markdown: one row per arm, at its chosen factor, over seeds."
-    head = ('| arm | visual tokens | lr × | train s | seen | held-out | ' + ' | '.join(FAMILIES)
-            + ' | diverged |\n|---|' + '---|' * (6 + len(FAMILIES)))
+    "Markdown: one row per arm, at its chosen factor, over seeds; test scenes."
+    head = ('| arm | visual tokens | trained params | lr × | train s | seen | held-out pairs | controls | '
+            + ' | '.join(FAMILIES) + ' | diverged |\n|---|' + '---|' * (8 + len(FAMILIES)))
     lines = [head]
     for arm in arms:
-        runs, ok = chosen_runs(rows, arm), [r for r in chosen_runs(rows, arm) if 'seen' in r]
-        fam = ' | '.join(f"{100 * sum(r['seen'][f] for r in ok) / len(ok):.0f}%" if ok else '–' for f in FAMILIES)
-        lines.append(f"| {arm} | {ok[0]['visual_tokens'] if ok else '–'} | {runs[0]['lr_scale']:g} | "
+        runs, ok = chosen_runs(rows, arm), [r for r in chosen_runs(rows, arm) if 'test' in r]
+        fam = ' | '.join(f"{100 * sum(r['test']['seen'][f] for r in ok) / len(ok):.0f}%" if ok else '–'
+                         for f in FAMILIES)
+        params = f"{ok[0]['params_trained'] / 1e3:.0f}k" if ok else '–'
+        lines.append(f"| {arm} | {ok[0]['visual_tokens'] if ok else '–'} | {params} | {runs[0]['lr_scale']:g} | "
                      f"{train_seconds(rows, arm):.0f} | {_spread(arm_scores(rows, arm))} | "
-                     f"{_spread(arm_scores(rows, arm, 'held_out'))}"
+                     f"{_spread(arm_scores(rows, arm, 'held_out'))} | {_spread(arm_scores(rows, arm, 'held_out_controls'))}"
                      f" | {fam} | {len(runs) - len(ok)} of {len(runs)} |")
     return '\n'.join(lines)
 
 def plot_lesson(rows: list[dict], arms: list[str], title: str = '', ax=None):
-    "Seen and held-out accuracy per arm: bars at the mean over seeds, a dot per seed."
+    "Test accuracy on seen questions and held-out pairs per arm: bars at the mean over seeds, a dot per seed."
     import matplotlib.pyplot as plt
     if ax is None: _, ax = plt.subplots(figsize=(6, 3), dpi=80)
     for i, arm in enumerate(arms):
@@ -201,7 +250,7 @@ def plot_lesson(rows: list[dict], arms: list[str], title: str = '', ax=None):
             ax.bar(i + dx, sum(v) / len(v), 0.4, color=colour, alpha=0.5, label=split if i == 0 else None)
             ax.plot([i + dx] * len(v), v, 'k.', ms=4)
     ax.set_xticks(range(len(arms)), [a.replace(' ', '\n', 1) for a in arms], fontsize=7)
-    ax.set_ylabel('accuracy (%)'); ax.set_ylim(0, 100); ax.set_title(title, fontsize=9); ax.legend(fontsize=7)
+    ax.set_ylabel('test accuracy (%)'); ax.set_ylim(0, 100); ax.set_title(title, fontsize=9); ax.legend(fontsize=7)
     return ax
 
 def plot_losses(rows: list[dict], arms: list[str], ax=None):
@@ -217,18 +266,21 @@ def plot_losses(rows: list[dict], arms: list[str], ax=None):
 
 def summary_table(rows: list[dict], claims: list[Claim] = CLAIMS) -> str:
     "Markdown: every claim, the paper's evidence, our two means and the verdict computed from the seeds."
-    lines = ['| lesson | the paper\'s claim | paper | here (mean over seeds) | verdict here |', '|---|---|---|---|---|']
+    lines = ['| lesson | the claim | paper | here (test, mean over seeds) | verdict here |', '|---|---|---|---|---|']
     for c in claims:
         j = judge(rows, c)
         where = '' if (c.split, c.family) == ('seen', 'overall') else f", {c.split.replace('_', '-')} {c.family}"
-        lines.append(f"| {c.lesson} | {c.text} | {c.paper or '—'} | {c.better} {100 * j['better_mean']:.1f}% vs "
-                     f"{c.worse} {100 * j['worse_mean']:.1f}%{where} | {j['verdict']} |")
+        here = (f"{c.untested}" if c.untested else f"{c.better} {100 * j['better_mean']:.1f}% vs "
+                f"{c.worse} {100 * j['worse_mean']:.1f}%{where}")
+        lines.append(f"| {c.lesson} | {c.text} | {c.paper or '— (our question)'} | {here} | {j['verdict']} |")
     return '\n'.join(lines)
 
 def claim_sentence(rows: list[dict], claim: Claim) -> str:
     "The claim, the paper's evidence, our per-seed numbers and the verdict, as one Markdown sentence."
     j, pct = judge(rows, claim), lambda v: ', '.join(f'{100 * x:.1f}' for x in v)
-    where = f"{claim.split.replace('_', '-')} {claim.family}"
     source = f'paper: {claim.paper}' if claim.paper else "our question, not the paper's"
-    return (f"*{claim.text[0].upper() + claim.text[1:]}* ({source}). Here, {where} accuracy per seed: "
+    text = claim.text[0].upper() + claim.text[1:]
+    if claim.untested: return f"*{text}* ({source}): **not tested here**: {claim.untested}."
+    where = f"{claim.split.replace('_', '-')} {claim.family}"
+    return (f"*{text}* ({source}). Here, test {where} accuracy per seed: "
             f"{claim.better} {pct(j['better'])}% against {claim.worse} {pct(j['worse'])}%: **{j['verdict']}**.")

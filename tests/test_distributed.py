@@ -1,6 +1,8 @@
 """Multi-process checks of minisiglip.distributed on gloo (CPU): ring and all-gather losses against the single-process
 full batch, DDP gradients, input errors, and dead or hanging peers. Workers live in this module so that
 `torch.multiprocessing.spawn` can pickle them (pytest puts tests/ on sys.path, and spawned children inherit it)."""
+import argparse
+import functools
 import os
 import time
 import pytest
@@ -9,9 +11,10 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
-from minisiglip.losses import sigmoid_loss, softmax_loss, ScaleBias
-from minisiglip.distributed import (LOSSES, _check_same_shape, loss_step, ring_sigmoid_loss, gather_softmax_loss,
-                                    gather_sigmoid_loss, spawn)
+import minisiglip.distributed as md
+from minisiglip.losses import sigmoid_loss, softmax_loss, masked_sigmoid_loss, ScaleBias
+from minisiglip.distributed import (LOSSES, CommStats, _check_same_shape, loss_step, ring_sigmoid_loss,
+                                    gather_softmax_loss, gather_sigmoid_loss, gathered_loss, spawn)
 
 B, D, SEED, CHUNK, SCALE, BIAS = 4, 5, 7, 3, 3.7, -2.3     # chunk 3 does not divide b = 4: a ragged last chunk
 
@@ -187,3 +190,79 @@ def test_nonfinite_on_one_rank_stops_every_rank():
     assert msg1 is not None and 'non-finite zimg at step 5' in msg1, msg1
     assert msg0 is not None and 'non-finite values on another rank (zimg there) at step 5' in msg0, msg0
     assert same0 and same1
+
+
+def _ring_in_bf16():
+    "One rank's float32 embeddings through the ring with dtype=bfloat16: its loss, gradients and bytes sent."
+    rank, W = dist.get_rank(), dist.get_world_size()
+    g = torch.Generator().manual_seed(SEED)
+    zi, zt = (F.normalize(torch.randn(W * B, D, generator=g), dim=-1)[rank * B:(rank + 1) * B]
+              for _ in range(2))
+    x, y, stats = zi.clone().requires_grad_(), zt.clone().requires_grad_(), CommStats()
+    loss = ring_sigmoid_loss(x, y, SCALE, BIAS, dtype=torch.bfloat16, stats=stats)
+    loss.backward()
+    return loss.detach(), x.grad, y.grad, stats.bytes_sent
+
+
+def test_ring_in_bf16_is_the_loss_of_the_rounded_embeddings():
+    """Text blocks travel in bfloat16 (half the bytes of float32), gradients come home in float32, and the
+    loss and gradients are the full-batch ones of the embeddings rounded to bfloat16."""
+    W = 2
+    res = spawn(_ring_in_bf16, W)
+    g = torch.Generator().manual_seed(SEED)
+    x, y = (F.normalize(torch.randn(W * B, D, generator=g), dim=-1).bfloat16().double().requires_grad_()
+            for _ in range(2))
+    ref = sigmoid_loss(x, y, SCALE, BIAS)
+    (W * ref).backward()
+    torch.testing.assert_close(sum(r[0].double() for r in res) / W, ref.detach(), rtol=1e-6, atol=0)
+    for rank, (_, gx, gy, sent) in enumerate(res):
+        rows = slice(rank * B, (rank + 1) * B)
+        assert gx.dtype == gy.dtype == torch.float32
+        torch.testing.assert_close(gx.double(), x.grad[rows], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(gy.double(), y.grad[rows], rtol=1e-5, atol=1e-6)
+        assert sent == (W - 1) * B * D * (2 + 4)        # bfloat16 text blocks out, float32 gradients home
+
+
+def _ddp_grads_of_a_gathered_loss():
+    "Loss and DDP gradients of a one-batch loss (masked sigmoid, every negative kept) under gathered_loss."
+    rank, W = dist.get_rank(), dist.get_world_size()
+    model, a, t = _model_and_data(W)
+    ddp, rows = DDP(model), slice(rank * B, (rank + 1) * B)
+    loss = gathered_loss(functools.partial(masked_sigmoid_loss, keep_ratio=1.))(*ddp(a[rows], t[rows]))
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+def test_gathered_loss_trains_the_full_batch_loss():
+    """A custom loss under torchrun (05's train wraps it in gathered_loss): every rank's loss and DDP
+    gradients are the single-process full-batch ones, not those of the rank's own pairs."""
+    W = 2
+    model, a, t = _model_and_data(W)
+    ref = sigmoid_loss(*model(a, t))
+    ref.backward()
+    for loss, grads in spawn(_ddp_grads_of_a_gathered_loss, W):
+        torch.testing.assert_close(loss, ref.detach(), rtol=0, atol=1e-12)
+        for n, p in model.named_parameters():
+            torch.testing.assert_close(grads[n], p.grad, rtol=0, atol=1e-12, msg=n)
+
+
+def test_run_distributed_reduces_its_figures_on_the_run_device(monkeypatch):
+    """NCCL moves GPU tensors only, so the command's all_reduce of the slowest rank's figures must use the
+    run's device (the first version used a CPU tensor and failed on GPUs after measuring). Meta stands in
+    for a GPU."""
+    seen = []
+
+    class Reduced(Exception): pass
+
+    def all_reduce(t, *args, **kwargs):
+        seen.append(t.device)
+        raise Reduced
+    monkeypatch.setattr(md, 'pick_device', lambda name: torch.device('meta'))
+    monkeypatch.setattr(md, 'init_distributed', lambda *args: (0, 2))
+    monkeypatch.setattr(md, 'loss_step', lambda *args, **kwargs: dict(seconds=1., peak_bytes=2, bytes_sent=3))
+    monkeypatch.setattr(md.dist, 'all_reduce', all_reduce)
+    monkeypatch.setattr(md.dist, 'destroy_process_group', lambda: None)
+    monkeypatch.setattr(md.torch, 'set_num_threads', lambda n: None)      # keep this process's threads
+    args = md.add_distributed_args(argparse.ArgumentParser()).parse_args([])
+    with pytest.raises(Reduced): md.run_distributed(args)
+    assert seen == [torch.device('meta')]

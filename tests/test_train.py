@@ -2,6 +2,7 @@
 
 What a notebook cannot hold: separate processes launched the way users launch them (`torchrun ... minisiglip train`).
 Runs are a handful of steps of the tiny preset on a small shapes set, so the whole file takes about a minute."""
+import functools
 import json
 import os
 import shutil
@@ -10,6 +11,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch.distributed as dist
+
+import minisiglip.train as mt
+from minisiglip.distributed import spawn
+from minisiglip.losses import masked_sigmoid_loss
 
 SCRIPT = shutil.which('minisiglip') or str(Path(sys.executable).parent / 'minisiglip')
 TORCHRUN = shutil.which('torchrun') or str(Path(sys.executable).parent / 'torchrun')
@@ -30,6 +36,12 @@ def train_cmd(out: Path, *extra: str, world: int = 1) -> list[str]:
     args = ['train', *SMALL, '--out-dir', str(out), *extra]
     if world == 1: return [SCRIPT, *args]
     return [TORCHRUN, '--standalone', f'--nproc_per_node={world}', '--no-python', SCRIPT, *args]
+
+
+def small_config(out_dir) -> 'mt.TrainConfig':
+    "The TrainConfig of SMALL, for runs in spawned processes."
+    return mt.TrainConfig(steps=4, batch_size=16, n_train=64, warmup_steps=1, eval_every=2, ckpt_every=2,
+                          device='cpu', out_dir=str(out_dir))
 
 
 def history(out: Path) -> dict:
@@ -145,3 +157,59 @@ def test_compiled_towers_follow_the_eager_run_and_resume_without_compiling(runs,
     assert compiled == pytest.approx(eager, rel=1e-4)
     run(train_cmd(tmp_path / 'c', '--resume'))                      # eager from here, from the compiled checkpoint
     assert history(tmp_path / 'c')['loss'] == pytest.approx(history(runs / 'single')['loss'], rel=1e-4)
+
+
+def _rank_0_fails(what: str, out_dir: str) -> str | None:
+    "Two ranks train SMALL while rank 0's `what` (a function of minisiglip.train) raises: each rank's error."
+    if dist.get_rank() == 0:
+        def full_disk(*args, **kwargs): raise OSError('No space left on device')
+        setattr(mt, what, full_disk)
+    try: mt.train(small_config(out_dir))
+    except Exception as e: return f'{type(e).__name__}: {e}'
+    return None
+
+
+@pytest.mark.parametrize('what, when', [('evaluate_loss', 'evaluation at step 2'),
+                                        ('save_checkpoint', 'saving the checkpoint of step 2')])
+def test_a_failure_on_rank_0_stops_every_rank_naming_it(tmp_path, what, when):
+    """Rank 0 evaluates and saves alone; when that raises, the other rank stops too, at once, with the
+    cause, instead of waiting in its next collective until the deadline (gloo notices a peer that left,
+    NCCL does not)."""
+    rank0, rank1 = spawn(_rank_0_fails, 2, what, str(tmp_path))
+    assert rank0 == 'OSError: No space left on device'
+    assert rank1 == f'RuntimeError: {when} failed on rank 0: OSError: No space left on device'
+
+
+def _train_on_own_disk(root: str, resume: bool, stop_at: int | None):
+    """Two ranks train SMALL, each in its own run folder (root/node<rank>), as on node-local disks: state
+    or error."""
+    cfg = small_config(Path(root) / f'node{dist.get_rank()}')
+    try: return mt.train(cfg, resume=resume, stop_at=stop_at)[1]
+    except Exception as e: return f'{type(e).__name__}: {e}'
+
+
+def test_resume_with_node_local_disks(runs, tmp_path):
+    """Rank 0 decides which checkpoint the run resumes from: a rank whose disk lacks it stops every rank,
+    saying so (before, it started at step 0 while rank 0 resumed, and the run hung); with a copy on every
+    node the run resumes and follows the uninterrupted 2-rank run."""
+    spawn(_train_on_own_disk, 2, str(tmp_path), False, 2)             # rank 0 alone writes, to node0
+    assert not (tmp_path / 'node1').exists()
+    rank0, rank1 = spawn(_train_on_own_disk, 2, str(tmp_path), True, None)
+    assert rank1.startswith('FileNotFoundError: rank 0 resumes from ckpt_0000002, which is not in'), rank1
+    assert rank0.startswith('RuntimeError: finding ckpt_0000002 failed on rank 1: FileNotFoundError'), rank0
+    shutil.copytree(tmp_path / 'node0', tmp_path / 'node1')
+    for state in spawn(_train_on_own_disk, 2, str(tmp_path), True, None):
+        assert state['history']['loss'] == pytest.approx(history(runs / 'ddp')['loss'], abs=1e-5)
+
+
+def _masked_loss_on_two_ranks(out_dir: str) -> list[float]:
+    """SMALL on two ranks with a custom loss_fn: the masked sigmoid loss keeping every negative (= sigmoid
+    loss)."""
+    return mt.train(small_config(out_dir), loss_fn=functools.partial(masked_sigmoid_loss, keep_ratio=1.))[1][
+        'history']['loss']
+
+
+def test_custom_loss_under_two_ranks_is_the_full_batch_loss(runs, tmp_path):
+    "A custom loss_fn sees the whole batch under torchrun: the 2-rank run follows the 1-process sigmoid run."
+    for losses in spawn(_masked_loss_on_two_ranks, 2, str(tmp_path)):
+        assert losses == pytest.approx(history(runs / 'single')['loss'], abs=1e-4)
