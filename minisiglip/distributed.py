@@ -428,8 +428,9 @@ def loss_steps(methods: list[str], b: int, d: int, seed: int = 0, chunk_size: in
 def add_distributed_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     "Options of the distributed benchmark: which loss, batch and chunk sizes, the deadline, where to write JSON."
     parser.add_argument('--method', choices=LOSSES, default='ring')
-    parser.add_argument('--b', type=_positive_int, default=256, help='local batch per rank')
-    parser.add_argument('--d', type=_positive_int, default=64, help='embedding dim')
+    parser.add_argument('--batch', '--b', dest='b', type=_positive_int, default=256, help='local batch per rank')
+    parser.add_argument('--dim', dest='d', type=_positive_int, default=64,   # not `--d`: under torchrun, whose own
+                        help='embedding dim')                          # flags it abbreviates, it is ambiguous
     parser.add_argument('--chunk-size', type=_positive_int, default=None,
                         help='texts per block chunk in the ring and gather-sigmoid (default: the whole block '
                              f'while its float32 logits fit in {LOGIT_BUDGET // 2**20} MiB: LOGIT_BUDGET)')

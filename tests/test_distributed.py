@@ -4,6 +4,8 @@ full batch, DDP gradients, input errors, and dead or hanging peers. Workers live
 import argparse
 import functools
 import os
+import subprocess
+import sys
 import time
 import pytest
 import torch
@@ -266,3 +268,13 @@ def test_run_distributed_reduces_its_figures_on_the_run_device(monkeypatch):
     args = md.add_distributed_args(argparse.ArgumentParser()).parse_args([])
     with pytest.raises(Reduced): md.run_distributed(args)
     assert seen == [torch.device('meta')]
+
+
+def test_the_measuring_command_runs_under_torchrun(run_env):
+    """02's command, as a user types it: torchrun abbreviates its own flags, so a script flag that is a prefix of one
+    of them (`--d` of `--duplicate-stdout-filters`) is refused by torchrun before the script starts."""
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', '-m', 'minisiglip.distributed',
+           '--method', 'ring-bidir', '--batch', '16', '--dim', '8', '--reps', '1']
+    res = subprocess.run(cmd, capture_output=True, text=True, env=run_env, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert 'world_size=2 b=16 d=8' in res.stdout, res.stdout

@@ -225,7 +225,7 @@ def test_torchrun_train_stops_and_resumes(tmp_path, record):
                       for k in ('whole', 'resumed'))
     bench = tmp_path / 'bench.json'
     # no --d: torchrun would take it for an abbreviation of one of its own options
-    run(torchrun('-m', 'minisiglip.distributed', '--device', DEVICE, '--b', '256', '--json', str(bench)))
+    run(torchrun('-m', 'minisiglip.distributed', '--device', DEVICE, '--batch', '256', '--json', str(bench)))
     record('torchrun', dict(world=min(WORLD, 2), whole=whole, resumed=resumed,
                             bench=json.loads(bench.read_text())))
     assert len(whole) == 6 and all(map(lambda v: v == v, whole)) and whole[-1] < whole[0]
