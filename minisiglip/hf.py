@@ -18,10 +18,10 @@ from .model import SigLIP, SigLIPConfig
 from .train import TrainConfig, read_tensors
 
 # %% auto #0
-__all__ = ['HF_TEXT_DEFAULTS', 'HF_VISION_DEFAULTS', 'HF_ACTIVATIONS', 'WEIGHTS', 'INDEX', 'TOKENIZER_FILES', 'siglip_config',
-           'hf_incompatibilities', 'hf_config', 'hf_name', 'from_hf_state', 'to_hf_state', 'weight_files',
-           'read_config', 'hf_image_size', 'load_siglip', 'save_siglip', 'preprocess_images', 'SigLIPTokenizer',
-           'as_run']
+__all__ = ['HF_TEXT_DEFAULTS', 'HF_VISION_DEFAULTS', 'HF2_VISION_DEFAULTS', 'HF_ACTIVATIONS', 'WEIGHTS', 'INDEX',
+           'TOKENIZER_FILES', 'siglip_config', 'hf_incompatibilities', 'hf_config', 'hf_name', 'from_hf_state',
+           'to_hf_state', 'weight_files', 'read_config', 'hf_image_size', 'load_siglip', 'save_siglip',
+           'preprocess_images', 'SigLIPTokenizer', 'as_run']
 
 # %% ../nbs/10_hf.ipynb #71b4bbca
 HF_TEXT_DEFAULTS = dict(vocab_size=32000, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
@@ -30,6 +30,7 @@ HF_TEXT_DEFAULTS = dict(vocab_size=32000, hidden_size=768, intermediate_size=307
 HF_VISION_DEFAULTS = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
                           num_channels=3, image_size=224, patch_size=16, hidden_act='gelu_pytorch_tanh',
                           layer_norm_eps=1e-6, vision_use_head=True)
+HF2_VISION_DEFAULTS = {**{k: v for k, v in HF_VISION_DEFAULTS.items() if k != 'image_size'}, 'num_patches': 256}
 HF_ACTIVATIONS = {'gelu_pytorch_tanh': 'gelu_tanh', 'gelu_new': 'gelu_tanh', 'gelu': 'gelu'}   # transformers -> ours
 
 def _same_in_both(text: dict, vision: dict, key: str):
@@ -38,15 +39,24 @@ def _same_in_both(text: dict, vision: dict, key: str):
         raise ValueError(f"text and vision towers differ in {key} ({text[key]!r} vs {vision[key]!r}): not supported")
     return text[key]
 
+def _naflex_image_size(vision: dict) -> int:
+    """A SigLIP 2 NaFlex vision config gives `num_patches` learned positions on a square grid, not an image size: the
+    side whose patches fill the grid, at which the positions are used as learned (square images of `04_model`)."""
+    n, p = vision['num_patches'], vision['patch_size']
+    if not isinstance(p, int): raise ValueError(f"patch_size {p!r}: only square patches are supported")
+    g = round(n ** 0.5)
+    if g * g != n: raise ValueError(f"num_patches {n} is not a square grid of position embeddings")
+    return g * p
+
 def siglip_config(hf: dict) -> SigLIPConfig:
-    "The `SigLIPConfig` of a transformers SigLIP `config.json` (a dict), or a `ValueError` naming what we cannot hold."
+    """The `SigLIPConfig` of a transformers SigLIP or SigLIP 2 NaFlex `config.json` (a dict), or a `ValueError` naming
+    what we cannot hold."""
     kind = hf.get('model_type')
-    if kind == 'siglip2':
-        raise ValueError("this is a SigLIP 2 NaFlex checkpoint (model_type 'siglip2'): its variable-resolution "
-                         "patch embedding is not supported")
-    if kind != 'siglip': raise ValueError(f"config.json has model_type {kind!r}, not 'siglip'")
+    if kind not in ('siglip', 'siglip2'):
+        raise ValueError(f"config.json has model_type {kind!r}, not 'siglip' or 'siglip2'")
     text = {**HF_TEXT_DEFAULTS, **(hf.get('text_config') or {})}
-    vision = {**HF_VISION_DEFAULTS, **(hf.get('vision_config') or {})}
+    vision = {**(HF_VISION_DEFAULTS if kind == 'siglip' else HF2_VISION_DEFAULTS), **(hf.get('vision_config') or {})}
+    if kind == 'siglip2': vision['image_size'] = _naflex_image_size(vision)
     if not isinstance(vision['image_size'], int):
         raise ValueError(f"image_size {vision['image_size']!r}: only square images are supported")
     if not vision['vision_use_head']:
@@ -119,11 +129,16 @@ def hf_name(name: str) -> tuple[str, int | None]:
     return name, None
 
 # %% ../nbs/10_hf.ipynb #d4631d39
+from .siglip2 import linear_as_conv
+
+# %% ../nbs/10_hf.ipynb #df20e25e
 _IGNORED = ('.position_ids',)               # buffers older transformers versions saved; derived from the length
 
 def _our_shape(t: Tensor, name: str) -> Tensor:
-    "A transformers tensor in our layout: position embeddings with a batch axis, the scale and bias as scalars."
+    """A transformers tensor in our layout: position embeddings with a batch axis, the scale and bias as scalars, a
+    SigLIP 2 NaFlex patch embedding (a linear map on flattened patches) as our patchify convolution."""
     if name.endswith('.pos'): return t[None]
+    if name == 'image.patch.weight' and t.ndim == 2: return linear_as_conv(t)
     return t.reshape(()) if name.startswith('logit.') and t.shape == (1,) else t
 
 def from_hf_state(model: SigLIP, tensors: dict[str, Tensor]) -> SigLIP:

@@ -242,12 +242,18 @@ class ViT(nn.Module):
         if not images.is_floating_point(): raise ValueError(f"images must be floating point in [0, 1], got dtype {images.dtype}")
         return self.patch(images * 2 - 1).flatten(2).transpose(1, 2) + self.pos   # [0, 1] -> [-1, 1]
 
-    def tokens(self, images: Tensor) -> Tensor:
-        "Patch tokens `(B, grid**2, vit_width)` after the last block and LayerNorm, before the MAP head (for a VLM)."
-        return self.encoder.tokens(self.embed(images))
+    def embed_masked(self, images: Tensor | NaFlexBatch) -> tuple[Tensor, Tensor | None]:
+        """Tokens and which of them are real (None: all are). Square images go through `embed`; a NaFlex batch
+        of native aspect ratios (`minisiglip.siglip2.NaFlexBatch`, `09b_siglip2`) embeds itself with our weights."""
+        if hasattr(images, 'embed'): return images.embed(self)
+        return self.embed(images), None
 
-    def forward(self, images: Tensor) -> Tensor:
-        return self.encoder(self.embed(images))
+    def tokens(self, images: Tensor | NaFlexBatch) -> Tensor:
+        "Patch tokens `(B, L, vit_width)` after the last block and LayerNorm, before the MAP head (for a VLM)."
+        return self.encoder.tokens(*self.embed_masked(images))
+
+    def forward(self, images: Tensor | NaFlexBatch) -> Tensor:
+        return self.encoder(*self.embed_masked(images))
 
 # %% ../nbs/04_model.ipynb #3bea1863
 class TextTransformer(nn.Module):
@@ -289,8 +295,8 @@ class SigLIP(nn.Module):
         self.image, self.text = ViT(cfg), TextTransformer(cfg)
         self.logit = ScaleBias(cfg.init_scale, cfg.init_bias)
 
-    def encode_image(self, images: Tensor) -> Tensor:
-        "Unit-norm image embeddings `(n, embed_dim)` of images `(n, 3, S, S)` in [0, 1]."
+    def encode_image(self, images: Tensor | NaFlexBatch) -> Tensor:
+        "Unit-norm image embeddings `(n, embed_dim)` of images `(n, 3, S, S)` in [0, 1] (or a `NaFlexBatch` of n)."
         return F.normalize(self.image(images), dim=-1)
 
     def encode_text(self, tokens: Tensor) -> Tensor:

@@ -133,3 +133,69 @@ def test_commands_take_a_transformers_folder(run_env, tmp_path):
     assert res.returncode == 0, res.stderr
     res = run('eval', tmp_path / 'tuned', '--hf', tmp_path / 'hf')
     assert res.returncode == 2 and 'one of the two' in res.stderr.strip().splitlines()[-1]
+
+
+# SigLIP 2 NaFlex (text config, vision config, sequence budget): position grids of 4 x 4 and 8 x 8, budgets below,
+# at and above the grid, patch sides 4 and 8, exact gelu with another epsilon
+NAFLEX = {
+    'grid 4x4, budget 24': (dict(hidden_size=48, intermediate_size=120, num_hidden_layers=2, num_attention_heads=4),
+                            dict(hidden_size=48, intermediate_size=120, num_hidden_layers=2, num_attention_heads=4,
+                                 num_patches=16, patch_size=4), 24),
+    'grid 8x8, budget 64': (dict(hidden_size=32, intermediate_size=80, num_hidden_layers=1, num_attention_heads=2,
+                                 projection_size=64),
+                            dict(hidden_size=64, intermediate_size=100, num_hidden_layers=2, num_attention_heads=8,
+                                 num_patches=64, patch_size=8), 64),
+    'grid 8x8, budget 20, exact gelu': (
+        dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, hidden_act='gelu',
+             layer_norm_eps=1e-5),
+        dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4, hidden_act='gelu',
+             layer_norm_eps=1e-5, num_patches=64, patch_size=4), 20),
+}
+ASPECTS = [(32, 32), (16, 64), (64, 16), (24, 40), (8, 100), (90, 7)]   # pixels (height, width): square, wide, tall
+
+
+@pytest.mark.parametrize('shape', NAFLEX)
+def test_siglip2_naflex_folder_loads_with_the_same_features(shape, tmp_path):
+    "A random Siglip2Model's folder: our features of images at their own aspect ratios equal its own within 1e-5."
+    from transformers import Siglip2Config, Siglip2Model, Siglip2ImageProcessor
+    from minisiglip.siglip2 import naflex_batch
+    torch.manual_seed(0)
+    text, vision, budget = NAFLEX[shape]
+    text = dict(vocab_size=80, max_position_embeddings=16, bos_token_id=2, eos_token_id=3, **text)
+    hf = Siglip2Model(Siglip2Config(text_config=text, vision_config=vision)).eval()
+    with torch.no_grad(): hf.logit_scale.fill_(2.0); hf.logit_bias.fill_(-5.0)
+    hf.save_pretrained(tmp_path / 'hf')
+    images = [torch.rand(3, h, w) for h, w in ASPECTS]
+    inputs = Siglip2ImageProcessor(patch_size=vision['patch_size'], max_num_patches=budget)(
+        images, do_rescale=False, return_tensors='pt')                 # transformers' own input pipeline
+    ids = torch.randint(2, 80, (len(images), 16))
+    pooled = lambda out: getattr(out, 'pooler_output', out)
+
+    ours = load_siglip(tmp_path / 'hf')
+    batch = naflex_batch(images, vision['patch_size'], budget)        # ours, made independently
+    assert torch.equal(batch.shapes, inputs['spatial_shapes'])
+    with torch.no_grad():
+        out = hf(input_ids=ids, **inputs, return_loss=True)
+        torch.testing.assert_close(ours.image(batch), pooled(hf.get_image_features(**inputs)), atol=1e-5, rtol=0)
+        torch.testing.assert_close(ours.text(ids), pooled(hf.get_text_features(input_ids=ids)), atol=1e-5, rtol=0)
+        zimg, ztxt, scale, bias = ours(batch, ids)
+        torch.testing.assert_close(scale * zimg @ ztxt.T + bias, out.logits_per_image, atol=1e-4, rtol=1e-5)
+        torch.testing.assert_close(sigmoid_loss(zimg, ztxt, scale, bias), out.loss, atol=1e-5, rtol=1e-5)
+
+
+def test_siglip2_naflex_square_images_at_the_native_grid_take_the_plain_path(tmp_path):
+    "A loaded NaFlex model on square images of its native size: the plain (B, 3, S, S) path gives transformers' features."
+    from transformers import Siglip2Config, Siglip2Model, Siglip2ImageProcessor
+    torch.manual_seed(1)
+    text, vision, _ = NAFLEX['grid 8x8, budget 64']
+    hf = Siglip2Model(Siglip2Config(text_config=dict(vocab_size=80, bos_token_id=2, eos_token_id=3, **text),
+                                    vision_config=vision)).eval()
+    hf.save_pretrained(tmp_path / 'hf')
+    ours = load_siglip(tmp_path / 'hf')
+    assert ours.cfg.image_size == 64                                  # 8 x 8 positions of 8-pixel patches
+    images = torch.rand(3, 3, 64, 64)
+    inputs = Siglip2ImageProcessor(patch_size=8, max_num_patches=64)(list(images), do_rescale=False,
+                                                                      return_tensors='pt')
+    with torch.no_grad():
+        theirs = hf.get_image_features(**inputs)
+        torch.testing.assert_close(ours.image(images), getattr(theirs, 'pooler_output', theirs), atol=1e-5, rtol=0)
