@@ -11,8 +11,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from safetensors.torch import save_file
-from torchvision.transforms import v2
-from torchvision.transforms.functional import InterpolationMode
 from .model import SigLIP, SigLIPConfig
 from .checkpoint import read_tensors
 
@@ -211,6 +209,7 @@ def save_siglip(model: SigLIP, path: str | Path, tokenizer_from: str | Path | No
 def preprocess_images(images: list, size: int) -> Tensor:
     "Images (paths, PIL images or `(3, H, W)` uint8 tensors) -> `(n, 3, size, size)` in [0, 1], as SigLIP's processor."
     from PIL import Image, UnidentifiedImageError
+    from torchvision.transforms import v2, InterpolationMode   # here: torchvision takes seconds to import
     resize = v2.Compose([v2.ToImage(), v2.Resize((size, size), interpolation=InterpolationMode.BICUBIC, antialias=True),
                          v2.ToDtype(torch.float32, scale=True)])
     out = []
