@@ -4,7 +4,7 @@
 nbdev 2 renders docs with quarto, which cannot be installed on our machines. This script runs nbdev's own
 notebook processors (those of `nbdev.serve.proc_nbs`: show_doc for exported names, hidden cells removed, names
 linked), three of them corrected (`DocsProcs`), then nbconvert's Markdown exporter, so the docs read like
-nbdev's. Plots are written next to the Markdown; progress bars are left out.
+nbdev's. Plots are written next to the Markdown; progress bars and interactive widgets are left out.
 
     python .ci/make_docs.py             # write README.md and docs/
     python .ci/make_docs.py --out DIR   # write DIR/README.md and DIR/docs/ instead (to look at a change)
@@ -196,6 +196,16 @@ def drop_progress_bars(cell) -> None:
     cell.outputs = [o for o in cell.get('outputs', []) if o.output_type != 'stream' or o.text.strip()]
 
 
+WIDGET = 'application/vnd.jupyter.widget-view+json'
+
+
+def drop_widgets(cell) -> None:
+    """Interactive widgets out of a code cell's outputs. A widget lives in a running kernel; on a page nbconvert
+    would print its text form (`interactive(children=(FloatSlider(...` ...)). A lesson draws the widget's figure once
+    with plain arguments before wrapping it (00's `plot_pair_losses`), so the page shows that static figure."""
+    cell.outputs = [o for o in cell.get('outputs', []) if WIDGET not in o.get('data', {})]
+
+
 def to_markdown(nb_path: Path, files_dir: str, img_prefix: str) -> tuple[str, dict, dict]:
     "Markdown text, extracted images and front matter of one processed notebook."
     nb = nbformat.read(nb_path, as_version=4)
@@ -209,6 +219,7 @@ def to_markdown(nb_path: Path, files_dir: str, img_prefix: str) -> tuple[str, di
             cell.source = DIRECTIVE.sub('', cell.source).strip('\n')
             cell.execution_count = None
             drop_progress_bars(cell)
+            drop_widgets(cell)
         cells.append(cell)
     nb.cells = cells
     nb.metadata['language_info'] = {'name': 'python'}  # nbdev_clean strips it; code fences need the language

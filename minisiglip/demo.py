@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 import torch
 from .data import ShapesDataset
-from .train import TrainConfig, train, load_checkpoint, latest_checkpoint, read_state, config_diff
-from .train import CKPT_PREFIX, SCHEDULES, PRECISIONS, plot_logits
+from .train import TrainConfig, train, load_checkpoint, config_diff, SCHEDULES, PRECISIONS, plot_logits
+from .checkpoint import CKPT_PREFIX, latest_checkpoint, read_state
 from .distributed import DEVICES
 from .eval import evaluate, plot_history, plot_similarity
 

@@ -5,6 +5,7 @@
 # %% ../nbs/06_eval.ipynb #95e2c39a
 from __future__ import annotations
 import argparse
+import dataclasses
 import json
 import random
 from collections import Counter
@@ -16,17 +17,19 @@ import torch.nn.functional as F
 from .data import (COLOURS, SHAPES, SIZES, HELD_OUT, DIGIT_NAMES, DIGIT_TEMPLATES,
                              ShapesDataset, DigitsDataset, Tokenizer, ImageCaptionDataset, CaptionFileDataset,
                              split_words)
-from .train import TrainConfig, load_checkpoint, latest_checkpoint, build_data, check_same_data
+from .train import TrainConfig, load_checkpoint, build_data, check_same_data
+from .checkpoint import latest_checkpoint
 from .distributed import pick_device, DEVICES
-from .hf import as_run
+from .model import SigLIP
+from .hf import SigLIPTokenizer, load_siglip
 
 # %% auto #0
 __all__ = ['OBJECT_TEMPLATES', 'COUNT_TEMPLATES', 'PAIRS', 'zero_shot_accuracy', 'recall_at_k', 'chance_recall', 'embed',
            'class_embeddings', 'object_prompts', 'task_prompts', 'zero_shot_shapes', 'match_probs', 'average_precision',
            'r_precision', 'random_ap', 'reliability', 'multi_label_metrics', 'pair_targets', 'pair_probs',
            'multi_label_shapes', 'same_key', 'retrieval', 'scene_key', 'zero_shot_chance', 'evaluate', 'summary_table',
-           'plot_similarity', 'plot_reliability', 'plot_history', 'evaluate_pairs', 'evaluation_pairs', 'add_eval_args',
-           'run_eval']
+           'plot_similarity', 'plot_reliability', 'plot_history', 'evaluate_pairs', 'evaluation_pairs', 'as_run',
+           'add_eval_args', 'run_eval']
 
 # %% ../nbs/06_eval.ipynb #750037e5
 def zero_shot_accuracy(sim: Tensor, labels: Tensor) -> float:
@@ -352,6 +355,14 @@ def evaluation_pairs(state: dict, data: str | None = None, **read) -> tuple[Imag
     check_same_data(state['data'], info, Path(cfg.out_dir))
     held_out = f"the {info['val']} validation pairs" if info['val'] else 'the training pairs (val_fraction 0)'
     return val, f"{held_out} of {info['summary']}"
+
+# %% ../nbs/06_eval.ipynb #afb0ab8b
+def as_run(path: str | Path) -> tuple[SigLIP, SigLIPTokenizer, dict]:
+    """A transformers SigLIP folder as `train.load_checkpoint` returns a run: `(model, tokenizer, state)`, the state's
+    config set to evaluate on the built-in shapes at the checkpoint's image size (`minisiglip eval --hf`)."""
+    model = load_siglip(path)
+    cfg = TrainConfig(data='shapes', image_size=model.cfg.image_size, init_hf=str(path))
+    return model, SigLIPTokenizer.from_folder(path), {'step': 0, 'config': dataclasses.asdict(cfg)}
 
 # %% ../nbs/06_eval.ipynb #1274b38b
 def add_eval_args(parser: argparse.ArgumentParser) -> None:

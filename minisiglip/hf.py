@@ -4,7 +4,6 @@
 
 # %% ../nbs/10_hf.ipynb #5b985734
 from __future__ import annotations
-import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -12,16 +11,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from safetensors.torch import save_file
-from torchvision.transforms import v2
-from torchvision.transforms.functional import InterpolationMode
 from .model import SigLIP, SigLIPConfig
-from .train import TrainConfig, read_tensors
+from .checkpoint import read_tensors
 
 # %% auto #0
 __all__ = ['HF_TEXT_DEFAULTS', 'HF_VISION_DEFAULTS', 'HF2_VISION_DEFAULTS', 'HF_ACTIVATIONS', 'WEIGHTS', 'INDEX',
            'TOKENIZER_FILES', 'siglip_config', 'hf_incompatibilities', 'hf_config', 'hf_name', 'from_hf_state',
            'to_hf_state', 'weight_files', 'read_config', 'hf_image_size', 'load_siglip', 'save_siglip',
-           'preprocess_images', 'SigLIPTokenizer', 'as_run']
+           'preprocess_images', 'SigLIPTokenizer']
 
 # %% ../nbs/10_hf.ipynb #71b4bbca
 HF_TEXT_DEFAULTS = dict(vocab_size=32000, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
@@ -228,6 +225,7 @@ def save_siglip(model: SigLIP, path: str | Path, tokenizer_from: str | Path | No
 def preprocess_images(images: list, size: int) -> Tensor:
     "Images (paths, PIL images or `(3, H, W)` uint8 tensors) -> `(n, 3, size, size)` in [0, 1], as SigLIP's processor."
     from PIL import Image, UnidentifiedImageError
+    from torchvision.transforms import v2, InterpolationMode   # here: torchvision takes seconds to import
     resize = v2.Compose([v2.ToImage(), v2.Resize((size, size), interpolation=InterpolationMode.BICUBIC, antialias=True),
                          v2.ToDtype(torch.float32, scale=True)])
     out = []
@@ -290,11 +288,3 @@ class SigLIPTokenizer:
     def __call__(self, texts: list[str]) -> Tensor:
         if isinstance(texts, str): texts = [texts]
         return torch.tensor(self.encode(list(texts)), dtype=torch.long)
-
-# %% ../nbs/10_hf.ipynb #072fc58c
-def as_run(path: str | Path) -> tuple[SigLIP, SigLIPTokenizer, dict]:
-    """A transformers SigLIP folder as `train.load_checkpoint` returns a run: `(model, tokenizer, state)`, the state's
-    config set to evaluate on the built-in shapes at the checkpoint's image size (`minisiglip eval --hf`)."""
-    model = load_siglip(path)
-    cfg = TrainConfig(data='shapes', image_size=model.cfg.image_size, init_hf=str(path))
-    return model, SigLIPTokenizer.from_folder(path), {'step': 0, 'config': dataclasses.asdict(cfg)}

@@ -5,15 +5,11 @@
 # %% ../nbs/05_train.ipynb #18f30c7d
 from __future__ import annotations
 import argparse
-import base64
 import contextlib
 import dataclasses
 import functools
-import json
 import math
 import os
-import shutil
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,8 +17,6 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
-from safetensors import SafetensorError
-from safetensors.torch import save_file, load_file, save_model, load_model
 from tqdm import tqdm
 from .losses import sigmoid_loss, softmax_loss, StepReads, check_later
 from .chunked import chunked_sigmoid_loss, auto_chunk_size, LOGIT_BUDGET
@@ -32,19 +26,19 @@ from .distributed import (ring_sigmoid_loss, gather_softmax_loss, gathered_loss,
 from .data import (ShapesDataset, DigitsDataset, CaptionFileDataset, ImageCaptionDataset, Tokenizer,
                              split_indices, pairs_fingerprint)
 from .model import SigLIP, SigLIPConfig
+from .checkpoint import (CKPT_PREFIX, save_checkpoint, checkpoints, latest_checkpoint, read_state,
+                                   read_tensors, load_weights, optimizer_state, rng_to_text, rng_from_text)
+from .hf import SigLIPTokenizer, load_siglip, hf_image_size
 
 # %% auto #0
-__all__ = ['LOSSES', 'NOISE_KINDS', 'PRECISIONS', 'RINGS', 'SCHEDULES', 'RUN_ONLY', 'CKPT_PREFIX', 'STEP_STATS', 'AUTOCAST',
-           'LEGACY', 'READS', 'check_schedule', 'TrainConfig', 'lr_at', 'batch_indices', 'build_data', 'hf_tokenizer',
-           'check_same_data', 'builtin_data', 'get_batch', 'corrupt_batch', 'build_model', 'make_loss',
-           'setup_processes', 'optimizer_tensors', 'optimizer_state', 'save_checkpoint', 'checkpoints',
-           'latest_checkpoint', 'read_state', 'safetensors_problem', 'read_tensors', 'load_weights', 'load_checkpoint',
-           'tokenizer_from_dict', 'load_image_tower', 'rng_to_text', 'rng_from_text', 'fast_bf16', 'tf32_products',
-           'run_precision', 'compile_towers', 'logit_means', 'check_finite', 'train_step', 'kernel_ids',
-           'make_optimizer', 'evaluate_loss', 'gather_rng', 'resume_weights', 'config_diff', 'train',
-           'agreed_checkpoint', 'resume_state', 'adam_step_bound', 'plot_logits', 'counting_reads', 'counting_syncs',
-           'count_step_syncs', 'add_dataclass_args', 'dataclass_from_args', 'add_train_args', 'config_from_args',
-           'run_train']
+__all__ = ['LOSSES', 'NOISE_KINDS', 'PRECISIONS', 'RINGS', 'SCHEDULES', 'RUN_ONLY', 'STEP_STATS', 'AUTOCAST', 'LEGACY', 'READS',
+           'check_schedule', 'TrainConfig', 'lr_at', 'batch_indices', 'build_data', 'hf_tokenizer', 'check_same_data',
+           'builtin_data', 'get_batch', 'corrupt_batch', 'build_model', 'make_loss', 'setup_processes',
+           'load_checkpoint', 'tokenizer_from_dict', 'load_image_tower', 'fast_bf16', 'tf32_products', 'run_precision',
+           'compile_towers', 'logit_means', 'check_finite', 'train_step', 'kernel_ids', 'make_optimizer',
+           'evaluate_loss', 'gather_rng', 'resume_weights', 'config_diff', 'train', 'agreed_checkpoint', 'resume_state',
+           'adam_step_bound', 'plot_logits', 'counting_reads', 'counting_syncs', 'count_step_syncs',
+           'add_dataclass_args', 'dataclass_from_args', 'add_train_args', 'config_from_args', 'run_train']
 
 # %% ../nbs/05_train.ipynb #17bc73fd
 LOSSES = ('sigmoid', 'chunked', 'ring', 'softmax')
@@ -176,7 +170,6 @@ def build_data(cfg: TrainConfig) -> tuple[ImageCaptionDataset, ImageCaptionDatas
 def hf_tokenizer(cfg: TrainConfig):
     "The tokenizer of the checkpoint `cfg.init_hf` fine-tunes (a `hf.SigLIPTokenizer`), or None without one."
     if not cfg.init_hf: return None
-    from .hf import SigLIPTokenizer                      # here, not at the top: minisiglip.hf imports this module
     return SigLIPTokenizer.from_folder(cfg.init_hf)
 
 def check_same_data(saved: dict, info: dict, ckpt: Path) -> None:
@@ -224,7 +217,6 @@ def build_model(cfg: TrainConfig, tokenizer: Tokenizer) -> SigLIP:
     checkpoint `cfg.init_hf`, whole."""
     torch.manual_seed(cfg.seed)
     if cfg.init_hf:
-        from .hf import load_siglip
         model = load_siglip(cfg.init_hf)
         if model.cfg.image_size != cfg.image_size:
             raise ValueError(f"image_size {cfg.image_size} differs from the checkpoint's {model.cfg.image_size}")
@@ -263,89 +255,6 @@ def setup_processes(cfg: TrainConfig) -> tuple[int, int, torch.device, bool]:
     return rank, world, device, created
 
 # %% ../nbs/05_train.ipynb #bbc1be9c
-def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, Tensor], list[dict]]:
-    "Split an optimizer state into `{'<param idx>.<key>': tensor}` for safetensors and its JSON-able param groups."
-    sd = optimizer.state_dict()
-    tensors = {}
-    for i, st in sd['state'].items():
-        for k, v in st.items():
-            if not isinstance(v, Tensor): raise TypeError(f"optimizer state {i}.{k} is a {type(v).__name__}, not a tensor")
-            tensors[f'{i}.{k}'] = v.contiguous()
-    return tensors, sd['param_groups']
-
-def optimizer_state(tensors: dict[str, Tensor], param_groups: list[dict]) -> dict:
-    "Inverse of `optimizer_tensors`: the `state_dict` that `optimizer.load_state_dict` expects."
-    state: dict[int, dict] = {}
-    for key, v in tensors.items():
-        i, k = key.split('.', 1)
-        state.setdefault(int(i), {})[k] = v
-    return {'state': state, 'param_groups': param_groups}
-
-# %% ../nbs/05_train.ipynb #7a9d9dd7
-CKPT_PREFIX = 'ckpt_'
-
-def save_checkpoint(out_dir: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict,
-                    keep: int = 2) -> Path:
-    "Write `ckpt_<step>/` atomically (temp folder + `os.replace`), then keep only the `keep` newest; returns its path."
-    out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix='.tmp_', dir=out_dir))
-    try:
-        tensors, groups = optimizer_tensors(optimizer)
-        save_model(model, str(tmp / 'model.safetensors'))
-        save_file(tensors, str(tmp / 'optimizer.safetensors'))
-        (tmp / 'state.json').write_text(json.dumps({**state, 'optimizer_param_groups': groups}))
-        final = out_dir / f"{CKPT_PREFIX}{state['step']:07d}"
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True); raise
-    for old in checkpoints(out_dir)[:-keep]: shutil.rmtree(old)
-    return final
-
-# %% ../nbs/05_train.ipynb #c6da7ea9
-def checkpoints(run: str | Path) -> list[Path]:
-    "The complete `ckpt_*` folders (with a state.json) of the run folder `run`, oldest first."
-    ckpts = [p for p in Path(run).glob(f'{CKPT_PREFIX}*') if (p / 'state.json').is_file()]
-    return sorted(ckpts, key=lambda p: int(p.name[len(CKPT_PREFIX):]))
-
-def latest_checkpoint(path: str | Path) -> Path | None:
-    "The checkpoint folder `path` names, or the newest `ckpt_*` inside the run folder `path`; None if there is none."
-    path = Path(path)
-    if (path / 'state.json').is_file(): return path
-    return (checkpoints(path) or [None])[-1]
-
-def read_state(ckpt: str | Path) -> dict:
-    "The JSON state of a checkpoint folder (step, configs, tokenizer, RNG, history)."
-    file = Path(ckpt) / 'state.json'
-    try: return json.loads(file.read_text())
-    except json.JSONDecodeError as e: raise ValueError(f"cannot read {file}: not valid JSON ({e})") from None
-
-def safetensors_problem(file: Path) -> str:
-    "Why safetensors cannot read `file`, from its size and the header length its first 8 bytes announce."
-    size = file.stat().st_size
-    with open(file, 'rb') as f: head = f.read(8)
-    header = int.from_bytes(head, 'little') if len(head) == 8 else None
-    if size == 0: return 'the file is empty'
-    if header is None or header > 100_000_000: return 'not a safetensors file'
-    if 8 + header > size: return f'truncated: {size} bytes, shorter than its own {8 + header}-byte header'
-    return 'truncated or corrupted: the tensor data does not match the header'
-
-def read_tensors(file: str | Path) -> dict[str, Tensor]:
-    "The tensors of a safetensors file; a `ValueError` naming the file and the cause if it is missing or unreadable."
-    file = Path(file)
-    if not file.is_file(): raise ValueError(f"checkpoint file missing: {file}")
-    try: return load_file(str(file))
-    except SafetensorError: raise ValueError(f"cannot read {file}: {safetensors_problem(file)}") from None
-
-def load_weights(model: nn.Module, file: str | Path) -> None:
-    "Load a safetensors file into `model` (strictly); a missing, unreadable or ill-fitting file is a `ValueError`."
-    file = Path(file)
-    read_tensors(file)                                                # the file's own problems, named
-    try: load_model(model, str(file))
-    except RuntimeError as e:                                         # missing keys or other shapes than the model's
-        lines = [l.strip() for l in str(e).splitlines()[1:] if l.strip()]
-        raise ValueError(f"{file} does not fit this model's configuration: {'; '.join(lines)[:300]}") from None
-
-# %% ../nbs/05_train.ipynb #be8c26c8
 def load_checkpoint(path: str | Path) -> tuple[SigLIP, Tokenizer, dict]:
     "`(model, tokenizer, state)` from a checkpoint folder or a run folder (its newest checkpoint), in eval mode."
     ckpt = latest_checkpoint(path)
@@ -358,7 +267,6 @@ def load_checkpoint(path: str | Path) -> tuple[SigLIP, Tokenizer, dict]:
 def tokenizer_from_dict(d: dict):
     "The tokenizer a checkpoint's state names: our word-level `Tokenizer`, or the tokenizer of a transformers folder."
     if 'hf_folder' not in d: return Tokenizer.from_dict(d)
-    from .hf import SigLIPTokenizer
     return SigLIPTokenizer(d['hf_folder'], d['context_length'], d['pad_id'])
 
 def load_image_tower(model: SigLIP, run: str | Path) -> None:
@@ -370,14 +278,6 @@ def load_image_tower(model: SigLIP, run: str | Path) -> None:
                              f"{bad[0]} is {tuple(source[bad[0]].shape) if bad[0] in source else 'missing'}, "
                              f"here {tuple(ours[bad[0]].shape)}")
     model.image.load_state_dict(source)
-
-# %% ../nbs/05_train.ipynb #03533368
-def rng_to_text(state: Tensor) -> str:
-    "An RNG state (a uint8 tensor) as base64 text, so it can live in the JSON state without pickle."
-    return base64.b64encode(state.numpy().tobytes()).decode()
-def rng_from_text(text: str) -> Tensor:
-    "Inverse of `rng_to_text`: the uint8 RNG state tensor that `torch.set_rng_state` takes."
-    return torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8)
 
 # %% ../nbs/05_train.ipynb #965371dc
 def fast_bf16(device: torch.device) -> bool:
@@ -550,7 +450,6 @@ def train(cfg: TrainConfig, resume: bool = False, stop_at: int | None = None, lo
     sigmoid loss); under torchrun it sees the whole batch (`gathered_loss`). It is not saved, so a resumed
     run must pass it again. A `cfg.precision` of 'auto' is decided here for the run's device."""
     if cfg.init_hf:                                   # the run takes the checkpoint's image size
-        from .hf import hf_image_size
         cfg = dataclasses.replace(cfg, image_size=hf_image_size(cfg.init_hf))
     rank, world, device, own_group = setup_processes(cfg)
     cfg = dataclasses.replace(cfg, precision=run_precision(cfg, device, resume))        # the checkpoint says which

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 from .data import Tokenizer, read_image
-from .train import latest_checkpoint
+from .checkpoint import latest_checkpoint
 from .vlm import VLM, VLMConfig, CONNECTORS, FUSIONS, MODES
 from .vqa import VQASet, make_vqa, encode_question, EOS, FAMILIES, TEST_SCENES, chance
 from .vlm_train import VLMTrainConfig, VLM_PRECISIONS, train_vlm, load_vlm

@@ -15,8 +15,9 @@ from torch import Tensor
 from tqdm import tqdm
 from .data import Tokenizer
 from .model import SigLIPConfig, ViT
-from .train import (kernel_ids, lr_at, check_schedule, batch_indices, check_finite, save_checkpoint,
-                              latest_checkpoint, read_state, load_checkpoint, load_weights, run_precision)
+from .train import (kernel_ids, lr_at, check_schedule, batch_indices, check_finite, load_checkpoint,
+                              run_precision)
+from .checkpoint import save_checkpoint, latest_checkpoint, read_state, load_weights
 from .vlm import VLM, VLMConfig
 from .hf import load_siglip
 from .vqa import VQASet, make_vqa, vqa_tokenizer, encode_question, EOS, FAMILIES

@@ -1,6 +1,7 @@
 """The Markdown docs as `.ci/make_docs.py` renders them from the notebooks, built into a temporary folder (so
 these checks hold whether or not docs/ was regenerated; CI's `make_docs.py --check` ties docs/ to the same
-build): API entries in the order the lesson defines them, names linked to what they mean, no progress bars."""
+build): API entries in the order the lesson defines them, names linked to what they mean, no progress bars, and
+widgets shown as their static figures."""
 import ast, importlib.util, os, re
 from pathlib import Path
 
@@ -87,3 +88,20 @@ def test_without_progress_bars_keeps_printed_lines():
 def test_no_page_holds_a_progress_bar(pages):
     bars = {stem: len(re.findall(r'\d+%\|', text)) for stem, text in pages.items()}
     assert not any(bars.values()), f'tqdm bars on pages: {bars}'
+
+
+def test_a_widget_renders_as_its_static_figure(pages):
+    "00's sliders over the pair losses: the page shows the figure drawn before the widget, never the widget's repr."
+    assert not any('interactive(children' in text for text in pages.values())
+    section = pages['00_losses'].split('plot_pair_losses()', 2)[-1].split('\n## ', 1)[0]
+    assert re.search(r'!\[png\]\(00_losses_files/output_\d+_\d+\.png\)', section), section[:500]
+
+
+def test_drop_widgets_keeps_the_figure_drawn_before_the_widget():
+    "A notebook saved from Jupyter holds the widget's view; the page keeps the static figure and drops the view."
+    figure = nbformat.v4.new_output('display_data', data={'image/png': 'iVBOR', 'text/plain': '<Figure>'})
+    widget = nbformat.v4.new_output('display_data', data={make_docs.WIDGET: {'model_id': 'x'},
+                                                           'text/plain': 'interactive(children=(FloatSlider(...'})
+    cell = nbformat.v4.new_code_cell('plot(); interact(plot, t=(1, 100))', outputs=[figure, widget])
+    make_docs.drop_widgets(cell)
+    assert cell.outputs == [figure]

@@ -46,7 +46,7 @@ def small_config(out_dir) -> 'mt.TrainConfig':
 
 def history(out: Path) -> dict:
     "The loss history saved in the newest checkpoint of a run folder."
-    from minisiglip.train import latest_checkpoint, read_state
+    from minisiglip.checkpoint import latest_checkpoint, read_state
     return read_state(latest_checkpoint(out))['history']
 
 
@@ -85,7 +85,7 @@ def test_two_nodes_on_localhost_match_one_process(runs, tmp_path):
 
 
 def test_two_rank_checkpoint_holds_both_rng_states(runs):
-    from minisiglip.train import latest_checkpoint, read_state
+    from minisiglip.checkpoint import latest_checkpoint, read_state
     ckpt = latest_checkpoint(runs / 'ddp')
     assert ckpt.name == 'ckpt_0000004'
     assert sorted(p.name for p in ckpt.iterdir()) == ['model.safetensors', 'optimizer.safetensors', 'state.json']

@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from minisiglip.chunked import chunked_sigmoid_loss
 from minisiglip.distributed import LOSSES, loss_steps, spawn
 from minisiglip.losses import peak_bytes, sigmoid_loss, softmax_loss, synchronize
-from minisiglip.train import TrainConfig, count_step_syncs, latest_checkpoint, read_state, train
+from minisiglip.train import TrainConfig, count_step_syncs, train
+from minisiglip.checkpoint import latest_checkpoint, read_state
 
 DEVICE = os.environ.get('GPU_CHECK_DEVICE', 'cuda')
 REHEARSAL = DEVICE == 'cpu'
