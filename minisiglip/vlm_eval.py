@@ -272,8 +272,8 @@ def run_vlm(args: argparse.Namespace) -> int:
         print(ask(args.run, args.image, args.question, args.device))
     elif args.vlm_command == 'pretrain-lm':
         _, _, state = pretrain_lm(dataclass_from_args(LMTrainConfig, args))
-        print(f"step {state['step']}: loss {state['history']['loss'][-1]:.4f} on {state['n_tokens']:,} tokens of text "
-              f"in {state['train_s']:.0f} s; checkpoint in {latest_checkpoint(args.out_dir)}")
+        print(f"step {state['step']}: loss {state['history']['loss'][-1]:.4f} on {state['n_tokens']:,} tokens "
+              f"of text in {state['train_s']:.0f} s; checkpoint in {latest_checkpoint(args.out_dir)}")
     elif args.vlm_command == 'train':
         cfg, vlm_cfg = dataclass_from_args(VLMTrainConfig, args), dataclass_from_args(VLMConfig, args)
         model, tok, state = (train_stages(cfg, vlm_cfg, args.caption_steps) if args.stages == 2
