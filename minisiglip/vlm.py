@@ -16,7 +16,7 @@ from .model import Attention, Block, KVCache, ViT, SigLIPConfig, mlp
 # %% auto #0
 __all__ = ['FUSIONS', 'MODES', 'CONNECTORS', 'VLMConfig', 'LinearConnector', 'MLPConnector', 'pixel_shuffle',
            'PixelShuffleConnector', 'CrossAttentionBlock', 'PerceiverConnector', 'TinyLM', 'LoRALinear', 'add_lora',
-           'merge_lora', 'split_views', 'value_image', 'patch_centres', 'VLM']
+           'merge_lora', 'set_mode', 'split_views', 'value_image', 'patch_centres', 'VLM']
 
 # %% ../nbs/07_vlm.ipynb #5cfa703f
 FUSIONS = ('prefix', 'cross_attention', 'none')
@@ -32,6 +32,7 @@ class VLMConfig:
     mp_pos: bool = True               # perceiver: add learned per-patch positions to what the latents attend over
     fusion: str = 'prefix'            # 'prefix' (image tokens before the text), 'cross_attention', 'none' (blind)
     mode: str = 'frozen'              # image tower: 'frozen', 'lora' (low-rank adapters on its linears) or 'full'
+    lm_mode: str = 'full'             # language model: the same three (a random LM must train: 'full')
     lora_rank: int = 8                # rank r of each LoRA update
     lora_alpha: float = 16.           # LoRA scale alpha / r (the LoRA paper's convention)
     split_image: bool = False         # the whole image plus its 4 quadrant crops, each at the tower's input size
@@ -49,6 +50,7 @@ class VLMConfig:
             raise ValueError(f"connector must be one of {tuple(CONNECTORS)}, got {self.connector!r}")
         if self.fusion not in FUSIONS: raise ValueError(f"fusion must be one of {FUSIONS}, got {self.fusion!r}")
         if self.mode not in MODES: raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.lm_mode not in MODES: raise ValueError(f"lm_mode must be one of {MODES}, got {self.lm_mode!r}")
         if self.lm_width % self.lm_heads:
             raise ValueError(f"lm_width {self.lm_width} must be a multiple of lm_heads {self.lm_heads}")
         for name in ('mp_ratio', 'mp_latents', 'lora_rank', 'vocab_size', 'max_text_len', 'lm_depth'):
@@ -188,6 +190,14 @@ def merge_lora(module: nn.Module) -> int:
     for parent, name, child in targets: setattr(parent, name, child.merged())
     return len(targets)
 
+# %% ../nbs/07_vlm.ipynb #2e116403
+def set_mode(part: nn.Module, mode: str, blocks: nn.Module, rank: int, alpha: float) -> None:
+    """Train `part` fully (`mode='full'`), not at all ('frozen'), or only through rank-`rank` LoRA adapters on the
+    linears of its transformer `blocks` ('lora'), in place: the same three choices for the tower and the LM."""
+    if mode not in MODES: raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if mode != 'full': part.requires_grad_(False)
+    if mode == 'lora': add_lora(blocks, rank, alpha)
+
 # %% ../nbs/07_vlm.ipynb #0e5c4837
 def split_views(images: Tensor) -> Tensor:
     """`(B, 3, S, S)` -> `(B, 5, 3, S, S)`: the whole image, then its top-left, top-right, bottom-left and
@@ -228,8 +238,9 @@ class VLM(nn.Module):
         in_sequence = self.n_visual if cfg.fusion == 'prefix' else 0
         self.lm = TinyLM(cfg.vocab_size, cfg.lm_width, cfg.lm_depth, cfg.lm_heads, cfg.max_text_len + in_sequence,
                          cfg.mlp_ratio, cross_attention=cfg.fusion == 'cross_attention')
-        if cfg.mode != 'full': self.vision.requires_grad_(False)
-        if cfg.mode == 'lora': add_lora(self.vision.encoder.blocks, cfg.lora_rank, cfg.lora_alpha)
+        set_mode(self.vision, cfg.mode, self.vision.encoder.blocks, cfg.lora_rank, cfg.lora_alpha)
+        set_mode(self.lm, cfg.lm_mode, self.lm.blocks, cfg.lora_rank, cfg.lora_alpha)
+        if self.lm.xattn is not None: self.lm.xattn.requires_grad_(True)   # new layers: always trained (above)
 
     @property
     def n_views(self) -> int: return 5 if self.cfg.split_image else 1

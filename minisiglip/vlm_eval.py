@@ -18,7 +18,8 @@ from .data import Tokenizer, read_image
 from .checkpoint import latest_checkpoint
 from .vlm import VLM, VLMConfig, CONNECTORS, FUSIONS, MODES
 from .vqa import VQASet, make_vqa, encode_question, EOS, FAMILIES, TEST_SCENES, chance
-from .vlm_train import VLMTrainConfig, VLM_PRECISIONS, train_vlm, load_vlm
+from .vlm_train import (VLMTrainConfig, VLM_PRECISIONS, TASKS, LMTrainConfig, train_vlm, load_vlm,
+                                  pretrain_lm, train_stages)
 from .demo import DEMO_PRECISION
 
 # %% auto #0
@@ -221,15 +222,22 @@ def ask(run: str | Path, image: str | Path, question: str, device: str = 'cpu') 
 
 # %% ../nbs/08_vlm_eval.ipynb #c67972a5
 def add_vlm_args(parser: argparse.ArgumentParser) -> None:
-    "Subcommands of `minisiglip vlm`: train, ask, demo."
+    "Subcommands of `minisiglip vlm`: pretrain-lm, train, ask, demo."
     from minisiglip.train import add_dataclass_args, SCHEDULES
     sub = parser.add_subparsers(dest='vlm_command', metavar='SUBCOMMAND', required=True)
+    p = sub.add_parser('pretrain-lm', help='pretrain the VLM\'s language model on text about the scenes (for --lm)')
+    add_dataclass_args(p, LMTrainConfig, choices={'schedule': SCHEDULES})
+    p.add_argument('--out', dest='out_dir', help='alias of --out-dir')
     p = sub.add_parser('train', help='train a VLM on the built-in VQA questions with a SigLIP run\'s image tower')
-    add_dataclass_args(p, VLMTrainConfig, choices={'schedule': SCHEDULES, 'precision': VLM_PRECISIONS})
-    add_dataclass_args(p, VLMConfig, choices={'connector': tuple(CONNECTORS), 'fusion': FUSIONS, 'mode': MODES},
-                       skip=('vocab_size', 'max_text_len'))
+    add_dataclass_args(p, VLMTrainConfig, choices={'schedule': SCHEDULES, 'precision': VLM_PRECISIONS, 'task': TASKS})
+    add_dataclass_args(p, VLMConfig, choices={'connector': tuple(CONNECTORS), 'fusion': FUSIONS, 'mode': MODES,
+                                              'lm_mode': MODES}, skip=('vocab_size', 'max_text_len'))
     p.add_argument('--out', dest='out_dir', help='alias of --out-dir')
     p.add_argument('--latents', dest='mp_latents', type=int, help='alias of --mp-latents (the perceiver\'s)')
+    p.add_argument('--stages', type=int, choices=(1, 2), default=1,
+                   help='2: LLaVA\'s two stages (train_stages), captions then the questions, into OUT/stage1 and '
+                        'OUT/stage2; needs --lm (default: 1)')
+    p.add_argument('--caption-steps', type=int, default=300, help='with --stages 2: stage 1\'s steps (default: 300)')
     p.add_argument('--n-eval', type=int, default=0,
                    help='then evaluate on this many fresh scenes per split and print the tables (default: 0, none)')
     p = sub.add_parser('ask', help='answer a question about an image file; the answer is the last line')
@@ -262,10 +270,16 @@ def run_vlm(args: argparse.Namespace) -> int:
     from minisiglip.train import dataclass_from_args
     if args.vlm_command == 'ask':
         print(ask(args.run, args.image, args.question, args.device))
+    elif args.vlm_command == 'pretrain-lm':
+        _, _, state = pretrain_lm(dataclass_from_args(LMTrainConfig, args))
+        print(f"step {state['step']}: loss {state['history']['loss'][-1]:.4f} on {state['n_tokens']:,} tokens "
+              f"of text in {state['train_s']:.0f} s; checkpoint in {latest_checkpoint(args.out_dir)}")
     elif args.vlm_command == 'train':
-        model, tok, state = train_vlm(dataclass_from_args(VLMTrainConfig, args), dataclass_from_args(VLMConfig, args))
+        cfg, vlm_cfg = dataclass_from_args(VLMTrainConfig, args), dataclass_from_args(VLMConfig, args)
+        model, tok, state = (train_stages(cfg, vlm_cfg, args.caption_steps) if args.stages == 2
+                             else train_vlm(cfg, vlm_cfg))
         print(f"step {state['step']}: loss {state['history']['loss'][-1]:.4f}; "
-              f"checkpoint in {latest_checkpoint(args.out_dir)}")
+              f"checkpoint in {latest_checkpoint(state['config']['out_dir'])}")
         if args.n_eval:
             metrics = evaluate_vlm(model, tok, args.n_eval, seed=args.seed)      # dev scenes: for comparing runs
             print('\n\n'.join(vqa_table(metrics, split) for split in EVAL_SPLITS))

@@ -11,12 +11,13 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 from .data import (SPECIALS, COLOURS, SHAPES, HELD_OUT, RELATIONS, Tokenizer, ShapesDataset, split_words,
-                             render_scenes, _relation, _sample_scene)
+                             render_scenes, caption_scene, shapes_words, _relation, _sample_scene)
 
 # %% auto #0
 __all__ = ['FAMILIES', 'COUNT_WORDS', 'SIDES', 'EOS', 'RELATION_MARGIN', 'ANSWERS', 'QUESTION_WORDS', 'ASK', 'SPLITS',
-           'CONTROLLED', 'TEST_SCENES', 'chance', 'vqa_tokenizer', 'encode_question', 'ask_existence', 'ask_colour',
-           'ask_shape', 'ask_count', 'ask_position', 'ask_relation', 'VQASet', 'held_out_scenes', 'make_vqa']
+           'CONTROLLED', 'TEST_SCENES', 'DESCRIBE', 'chance', 'vqa_tokenizer', 'encode_question', 'ask_existence',
+           'ask_colour', 'ask_shape', 'ask_count', 'ask_position', 'ask_relation', 'VQASet', 'held_out_scenes',
+           'make_vqa', 'describe_scene', 'caption_set', 'text_tokenizer', 'text_corpus']
 
 # %% ../nbs/07a_vqa.ipynb #8684f5db
 FAMILIES = ('existence', 'colour', 'shape', 'count', 'position', 'relation')
@@ -34,9 +35,11 @@ def chance(family: str) -> float:
 # %% ../nbs/07a_vqa.ipynb #c0413992
 QUESTION_WORDS = 'is there a what colour the shape object how many objects are where to left of right above below'
 
-def vqa_tokenizer() -> Tokenizer:
-    "The VQA vocabulary: `<pad>`, `<unk>`, `<eos>`, then every question and answer word, sorted (fixed ids)."
+def vqa_tokenizer(extra: Sequence[str] = ()) -> Tokenizer:
+    """The VQA vocabulary: `<pad>`, `<unk>`, `<eos>`, then every question and answer word and every word of the
+    `extra` texts, sorted (fixed ids)."""
     words = split_words(QUESTION_WORDS) + [w for answers in ANSWERS.values() for a in answers for w in split_words(a)]
+    words += [w for text in extra for w in split_words(text)]
     return Tokenizer(SPECIALS + (EOS,) + tuple(sorted(set(words))), context_length=16)
 
 def encode_question(tok: Tokenizer, question: str) -> list[int]:
@@ -196,3 +199,36 @@ def make_vqa(n_images: int, split: str = 'train', seed: int = 0, image_size: int
 
 # %% ../nbs/07a_vqa.ipynb #198085a3
 TEST_SCENES = 100   # evaluation scenes of seed >= this are test scenes: reported, never chosen on
+
+# %% ../nbs/07a_vqa.ipynb #5a4c79d7
+DESCRIBE = 'describe the image'   # the captioning prompt: its answer is the scene's description
+
+def describe_scene(scene: Sequence[dict]) -> str:
+    "Each object's size, colour and shape, left to right, joined by 'and': one wording per scene, one right answer."
+    return ' and '.join(f"{o['size']} {o['colour']} {o['shape']}" for o in sorted(scene, key=lambda o: o['x']))
+
+def caption_set(data: VQASet) -> VQASet:
+    """One captioning question per image of `data` (its images and scenes): `DESCRIBE`, answered by the scene's
+    `describe_scene`, of family 'caption'; `about_held_out` where the scene holds a held-out pair."""
+    n = len(data.scenes)
+    held = [any((o['colour'], o['shape']) in HELD_OUT for o in scene) for scene in data.scenes]
+    return VQASet(data.images, data.scenes, torch.arange(n), [DESCRIBE] * n,
+                  [describe_scene(scene) for scene in data.scenes], ['caption'] * n, held)
+
+def text_tokenizer() -> Tokenizer:
+    "The VQA vocabulary plus every word of the scene captions (`03_data`'s templates) and of the descriptions."
+    return vqa_tokenizer(extra=[*shapes_words(), DESCRIBE, 'and'])
+
+def text_corpus(n_scenes: int, seed: int = 0, held_out_text: bool = False) -> list[str]:
+    """Lines of text about `n_scenes` scenes drawn without images: per scene its caption, `DESCRIBE` with its
+    description, and a question of each family that applies followed by its answer. Without `held_out_text` neither
+    the scenes nor the pairs an existence question denies hold a `HELD_OUT` pair."""
+    if n_scenes < 1: raise ValueError(f"n_scenes must be at least 1, got {n_scenes}")
+    pairs = [(c, s) for c in COLOURS for s in SHAPES if held_out_text or (c, s) not in HELD_OUT]
+    rng = random.Random(f'text-{seed}')
+    lines = []
+    for _ in range(n_scenes):
+        scene = _sample_scene(rng, 3, pairs)
+        lines += [caption_scene(scene, rng), f'{DESCRIBE} {describe_scene(scene)}']
+        lines += [f'{qa[0]} {qa[1]}' for family in FAMILIES if (qa := ASK[family](scene, rng, None, pairs))]
+    return lines
