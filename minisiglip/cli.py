@@ -10,7 +10,8 @@ import os
 import sys
 
 # %% auto #0
-__all__ = ['COMMANDS', 'INPUT_ERRORS', 'build_parser', 'error_line', 'debug_requested', 'main']
+__all__ = ['COMMANDS', 'INPUT_ERRORS', 'build_parser', 'field_docs', 'undocumented_flags', 'error_line', 'debug_requested',
+           'main']
 
 # %% ../nbs/11_cli.ipynb #ad01d291
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -36,6 +37,46 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         p.set_defaults(module=module)
         if name == command: getattr(importlib.import_module(module), f'add_{name}_args')(p)
     return parser
+
+# %% ../nbs/11_cli.ipynb #525342b1
+import ast
+import dataclasses
+import inspect
+import io
+import textwrap
+import tokenize
+
+# %% ../nbs/11_cli.ipynb #a19f6564
+def field_docs(cls) -> dict[str, str]:
+    """Each field of the dataclass `cls` -> its documentation: `metadata['help']` if it has one, else its `#`
+    comment (the comment on its line and any comment-only lines right below, joined). The comments are what a
+    reader of the class sees, so the command line's help is read from them rather than copied beside them.
+    Empty when the class's source cannot be read."""
+    try: lines, _ = inspect.getsourcelines(cls)
+    except (OSError, TypeError): lines = []
+    source = textwrap.dedent(''.join(lines))
+    comments = {t.start[0]: t.string.lstrip('#').strip() for t in
+                tokenize.generate_tokens(io.StringIO(source).readline) if t.type == tokenize.COMMENT}
+    only_comment = lambda i: i in comments and source.splitlines()[i - 1].lstrip().startswith('#')
+    docs = {}
+    for node in ast.parse(source).body[0].body if source else []:
+        if not isinstance(node, ast.AnnAssign): continue
+        rows = [i for i in range(node.lineno, node.end_lineno + 1) if i in comments]
+        i = node.end_lineno + 1
+        while only_comment(i): rows, i = rows + [i], i + 1
+        docs[node.target.id] = ' '.join(comments[i] for i in rows)
+    return {f.name: f.metadata.get('help') or docs.get(f.name, '') for f in dataclasses.fields(cls)}
+
+# %% ../nbs/11_cli.ipynb #609e009f
+def undocumented_flags(parser: argparse.ArgumentParser, path: str = 'minisiglip') -> list[str]:
+    "Each flag or argument of `parser` and its subcommands (`'minisiglip vlm train --x'`) whose help is empty or a default."
+    out = []
+    for a in parser._actions:
+        if isinstance(a, argparse._SubParsersAction):
+            out += [f for name, sub in a.choices.items() for f in undocumented_flags(sub, f'{path} {name}')]
+        elif not isinstance(a, argparse._HelpAction) and (a.help or 'default:').startswith('default:'):
+            out.append(f"{path} {'/'.join(a.option_strings) or a.dest}")
+    return out
 
 # %% ../nbs/11_cli.ipynb #7ea1f520
 INPUT_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError)

@@ -4,6 +4,7 @@
 
 # %% ../nbs/03_data.ipynb #0e7d4698
 from __future__ import annotations
+import copy
 import csv
 import json
 import random
@@ -11,18 +12,19 @@ import re
 from collections import Counter
 from functools import partial
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, DataLoader
 
 # %% auto #0
 __all__ = ['SPECIALS', 'COLOURS', 'SHAPES', 'SIZES', 'RGB', 'RADIUS', 'BACKGROUND', 'HELD_OUT', 'RELATIONS', 'TEMPLATES',
            'DIGIT_NAMES', 'DIGIT_TEMPLATES', 'IMAGE_EXTS', 'IMAGE_COLUMNS', 'CAPTION_COLUMNS', 'split_words',
            'Tokenizer', 'render_scenes', 'caption_scene', 'shapes_words', 'ImageCaptionDataset', 'ShapesDataset',
-           'show_images', 'digits_words', 'DigitsDataset', 'read_image', 'pick_column', 'CaptionFileDataset',
-           'split_indices', 'pairs_fingerprint', 'collate', 'make_collate']
+           'show_images', 'digits_words', 'DigitsDataset', 'read_image', 'check_image', 'pick_column',
+           'CaptionFileDataset', 'split_indices', 'pairs_fingerprint', 'collate', 'make_collate', 'Tolerant',
+           'collate_decoded', 'stream']
 
 # %% ../nbs/03_data.ipynb #1c4a1f98
 SPECIALS = ('<pad>', '<unk>')  # ids 0 and 1 in every vocabulary
@@ -192,6 +194,9 @@ class ImageCaptionDataset(Dataset):
         self.images, self.captions = images, list(captions)
     def __len__(self) -> int: return len(self.captions)
     def __getitem__(self, i: int) -> tuple[Tensor, str]: return self.images[i], self.captions[i]
+    def load(self, idx: Tensor) -> Tensor:
+        "The images `(len(idx), 3, S, S)` of the pairs `idx`: what a batch needs (`CaptionFileDataset` decodes them)."
+        return self.images[idx]
     def subset(self, idx: Tensor) -> ImageCaptionDataset:
         "The pairs `idx` (a 1-D index tensor) as a dataset of their own, e.g. one side of a train/validation split."
         return ImageCaptionDataset(self.images[idx], [self.captions[i] for i in idx.tolist()])
@@ -273,6 +278,16 @@ def read_image(path: str | Path, image_size: int) -> Tensor:
     img = center_crop(resize(img, [image_size], antialias=True), [image_size, image_size])
     return img.float() / 255
 
+def check_image(path: Path) -> None:
+    """`ValueError` naming `path` unless it is a file whose header an image library recognises. Reading a header
+    costs a few kilobytes, not a decode: indexing 100,000 files stays quick, and a file that is not an image at all
+    is found before the train/validation split is drawn. A damaged body is only found when decoded (`Tolerant`)."""
+    from PIL import Image, UnidentifiedImageError
+    if not path.is_file(): raise ValueError(f"image file not found: {path}")
+    try:
+        with Image.open(path): pass
+    except (UnidentifiedImageError, OSError) as e: raise ValueError(f"cannot read image {path}: {e}") from None
+
 # %% ../nbs/03_data.ipynb #d7bcfb86
 IMAGE_COLUMNS = ('image', 'filepath', 'file', 'path')   # tried in this order when `image_col` is not given
 CAPTION_COLUMNS = ('caption', 'title', 'text')
@@ -320,27 +335,45 @@ def _read_records(path: Path, image_col: str | None,
     return records, (image_col, caption_col)
 
 # %% ../nbs/03_data.ipynb #15dbd64c
-class CaptionFileDataset(ImageCaptionDataset):
+class CaptionFileDataset(Dataset):
     """Image–caption pairs from a folder (image + same-stem .txt), a CSV/TSV or a JSONL file (columns: see
-    `IMAGE_COLUMNS`, `CAPTION_COLUMNS`). Bad pairs raise `ValueError`, or with `skip_bad` are left out, one reason
-    each in `skipped`. `files` are the kept pairs' image paths; `columns` the (image, caption) columns read."""
+    `IMAGE_COLUMNS`, `CAPTION_COLUMNS`), indexed, not loaded: `files` are the kept pairs' image paths, and an image
+    is decoded (at `image_size`) only when `ds[i]` or `load` asks for it, so memory does not grow with the number of
+    pairs. Bad pairs (no caption, a caption without words, a missing file or one that is not an image) raise
+    `ValueError`, or with `skip_bad` are left out, one reason each in `skipped`; `columns` are the (image, caption)
+    columns read."""
     def __init__(self, path: str | Path, image_root: str | Path | None = None, image_size: int = 32,
                  skip_bad: bool = False, image_col: str | None = None, caption_col: str | None = None):
         self.path = path = Path(path)
         root = Path(image_root) if image_root is not None else (path if path.is_dir() else path.parent)
-        images, captions, self.files, self.skipped = [], [], [], []
+        self.image_size, self.files, self.captions, self.skipped = image_size, [], [], []
         records, self.columns = _read_records(path, image_col, caption_col)
         for file, caption in records:
             file = file if file.is_absolute() else root / file
             try:
                 if caption is None: raise ValueError(f"no caption for image {file}")
                 if not split_words(caption): raise ValueError(f"the caption of {file} has no words: {caption!r}")
-                images.append(read_image(file, image_size)); captions.append(caption); self.files.append(file)
+                check_image(file)
+                self.files.append(file); self.captions.append(caption)
             except ValueError as e:
                 if not skip_bad: raise ValueError(f"{e} (pass skip_bad / --skip-bad to leave such pairs out)") from None
                 self.skipped.append(str(e))
-        if not images: raise ValueError(f"no usable image–caption pairs in {path} ({self.describe_skipped()})")
-        super().__init__(torch.stack(images), captions)
+        if not self.files: raise ValueError(f"no usable image–caption pairs in {path} ({self.describe_skipped()})")
+
+    def __len__(self) -> int: return len(self.files)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, str]:
+        return read_image(self.files[i], self.image_size), self.captions[i]
+
+    def load(self, idx: Tensor) -> Tensor:
+        "The decoded images of the pairs `idx`, `(len(idx), 3, S, S)`, here in this process."
+        return torch.stack([read_image(self.files[i], self.image_size) for i in idx.tolist()])
+
+    def subset(self, idx: Tensor) -> CaptionFileDataset:
+        "The pairs `idx` (a 1-D index tensor) as a dataset of their own, still undecoded (a train/validation split)."
+        sub = copy.copy(self)
+        sub.files, sub.captions = [self.files[i] for i in idx.tolist()], [self.captions[i] for i in idx.tolist()]
+        return sub
 
     def describe_skipped(self, first: int = 3) -> str:
         "How many pairs were left out and the first `first` reasons."
@@ -379,3 +412,30 @@ def collate(batch: Sequence[tuple[Tensor, str]], tokenizer: Tokenizer) -> tuple[
 def make_collate(tokenizer: Tokenizer) -> Callable:
     "`collate` bound to `tokenizer`, as a picklable `collate_fn` for `torch.utils.data.DataLoader`."
     return partial(collate, tokenizer=tokenizer)
+
+# %% ../nbs/03_data.ipynb #6b09eca3
+class Tolerant(Dataset):
+    "`ds[i]`, or `(None, reason)` where decoding raised `ValueError`: a failure that travels out of a worker as data."
+    def __init__(self, ds: Dataset): self.ds = ds
+    def __len__(self) -> int: return len(self.ds)
+    def __getitem__(self, i: int) -> tuple[Tensor | None, str]:
+        try: return self.ds[i]
+        except ValueError as e: return None, str(e)
+
+def collate_decoded(batch: Sequence[tuple[Tensor | None, str]],
+                    tokenizer: Tokenizer) -> tuple[tuple[Tensor, Tensor] | None, list[str]]:
+    "`Tolerant` pairs -> `(collate` of the decoded ones, or None if none was`, reasons the others failed)`."
+    ok = [pair for pair in batch if pair[0] is not None]
+    return (collate(ok, tokenizer) if ok else None), [reason for image, reason in batch if image is None]
+
+def stream(ds: Dataset, tokenizer: Tokenizer, batches: Iterable[list[int]], workers: int = 2, prefetch: int = 2,
+           pin_memory: bool = False) -> DataLoader:
+    """A `DataLoader` yielding `collate_decoded` batches of `ds` for exactly the index lists `batches`, in order,
+    decoded by `workers` processes (0: this one) that each keep `prefetch` batches ready. One pass spans the whole
+    run, so the workers start once and live as long as it does (what `persistent_workers` gives epoch loops).
+    `pin_memory` (for a GPU) puts batches in page-locked memory, which the GPU copies from asynchronously."""
+    if workers < 0: raise ValueError(f"workers must be >= 0, got {workers}")
+    if prefetch < 1: raise ValueError(f"prefetch must be >= 1, got {prefetch}")
+    return DataLoader(Tolerant(ds), batch_sampler=batches, num_workers=workers, collate_fn=partial(
+        collate_decoded, tokenizer=tokenizer), prefetch_factor=prefetch if workers else None, pin_memory=pin_memory,
+        generator=torch.Generator().manual_seed(0))   # the workers' seeds: not drawn from the training RNG

@@ -15,6 +15,7 @@ from .data import ShapesDataset
 from .train import TrainConfig, train, load_checkpoint, config_diff, SCHEDULES, PRECISIONS, plot_logits
 from .checkpoint import CKPT_PREFIX, latest_checkpoint, read_state
 from .distributed import DEVICES
+from .cli import field_docs
 from .eval import evaluate, plot_history, plot_similarity
 
 # %% auto #0
@@ -71,7 +72,8 @@ def demo(cfg: TrainConfig = DEMO_CONFIG, n_eval: int = 1000) -> dict:
     metrics = evaluate(model, tok, cfg.data, n_eval, seed=cfg.seed, image_size=cfg.image_size)
     h = state['history']
     metrics.update(train_s=train_s, wall_s=time.perf_counter() - t0, steps=state['step'], final_loss=h['loss'][-1],
-                   final_t=h['t'][-1], final_b=h['b'][-1], config=state['config'])   # as run: 'auto' decided
+                   final_t=h['t'][-1], final_b=h['b'][-1], throughput=state['throughput'],
+                   config=state['config'])   # as run: 'auto' decided
     (out / 'metrics.json').write_text(json.dumps(metrics, indent=1))
     save_plots(out, model, tok, state['history'], metrics['zero_shot'], cfg.seed)
     return metrics
@@ -116,9 +118,11 @@ DEMO_KNOBS = {'steps': None, 'batch_size': None, 'lr': None, 'warmup_steps': Non
 def add_demo_args(parser: argparse.ArgumentParser) -> None:
     "Flags of `minisiglip demo`: where to write, and a few knobs of the training run."
     parser.add_argument('--out', default=DEMO_CONFIG.out_dir, help=f'run folder (default: {DEMO_CONFIG.out_dir})')
+    docs = field_docs(TrainConfig)                      # each knob's help is its TrainConfig field's comment
     for name, choices in DEMO_KNOBS.items():
-        parser.add_argument('--' + name.replace('_', '-'), type=type(getattr(DEMO_CONFIG, name)), choices=choices,
-                            default=getattr(DEMO_CONFIG, name))
+        default = getattr(DEMO_CONFIG, name)
+        parser.add_argument('--' + name.replace('_', '-'), type=type(default), choices=choices, default=default,
+                            help=f'{docs[name]}; default: {default}')
     parser.add_argument('--n-eval', type=int, default=1000, help='retrieval candidates')
 
 def demo_config(args: argparse.Namespace) -> TrainConfig:

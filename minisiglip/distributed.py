@@ -427,7 +427,8 @@ def loss_steps(methods: list[str], b: int, d: int, seed: int = 0, chunk_size: in
 # %% ../nbs/02_distributed.ipynb #f834f32a
 def add_distributed_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     "Options of the distributed benchmark: which loss, batch and chunk sizes, the deadline, where to write JSON."
-    parser.add_argument('--method', choices=LOSSES, default='ring')
+    parser.add_argument('--method', choices=LOSSES, default='ring',
+                        help='the loss exchange to time: the ring (one-way or both ways) or all-gather')
     parser.add_argument('--batch', '--b', dest='b', type=_positive_int, default=256, help='local batch per rank')
     parser.add_argument('--dim', dest='d', type=_positive_int, default=64,   # not `--d`: under torchrun, whose own
                         help='embedding dim')                          # flags it abbreviates, it is ambiguous

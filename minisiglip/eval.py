@@ -340,7 +340,8 @@ def evaluate_pairs(model: nn.Module, tok: Tokenizer, ds: ImageCaptionDataset, n:
     "Retrieval metrics on the first `n` pairs of `ds` (equal words: same content); no zero-shot task exists."
     captions = ds.captions[:n]
     keys = [' '.join(split_words(c)) for c in captions]
-    return {'zero_shot': {}, 'zero_shot_chance': {}, 'retrieval': retrieval(model, tok, ds.images[:n], captions, keys)}
+    images = ds.load(torch.arange(len(captions)))                  # a CaptionFileDataset decodes them here
+    return {'zero_shot': {}, 'zero_shot_chance': {}, 'retrieval': retrieval(model, tok, images, captions, keys)}
 
 def evaluation_pairs(state: dict, data: str | None = None, **read) -> tuple[ImageCaptionDataset, str]:
     """`(pairs, description)` to evaluate a run on: all pairs of the file or folder `data` (read with `read`:

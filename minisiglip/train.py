@@ -24,7 +24,7 @@ from .distributed import (ring_sigmoid_loss, gather_softmax_loss, gathered_loss,
                                     pick_device, fail_together, gather_objects, _check_same_shape, DEVICES,
                                     BACKENDS)
 from .data import (ShapesDataset, DigitsDataset, CaptionFileDataset, ImageCaptionDataset, Tokenizer,
-                             split_indices, pairs_fingerprint)
+                             split_indices, pairs_fingerprint, stream)
 from .model import SigLIP, SigLIPConfig
 from .checkpoint import (CKPT_PREFIX, save_checkpoint, checkpoints, latest_checkpoint, read_state,
                                    read_tensors, load_weights, optimizer_state, rng_to_text, rng_from_text)
@@ -33,12 +33,13 @@ from .hf import SigLIPTokenizer, load_siglip, hf_image_size
 # %% auto #0
 __all__ = ['LOSSES', 'NOISE_KINDS', 'PRECISIONS', 'RINGS', 'SCHEDULES', 'RUN_ONLY', 'STEP_STATS', 'AUTOCAST', 'LEGACY', 'READS',
            'check_schedule', 'TrainConfig', 'lr_at', 'batch_indices', 'build_data', 'hf_tokenizer', 'check_same_data',
-           'builtin_data', 'get_batch', 'corrupt_batch', 'build_model', 'make_loss', 'setup_processes',
-           'load_checkpoint', 'tokenizer_from_dict', 'load_image_tower', 'fast_bf16', 'tf32_products', 'run_precision',
-           'compile_towers', 'logit_means', 'check_finite', 'train_step', 'kernel_ids', 'make_optimizer',
-           'evaluate_loss', 'gather_rng', 'resume_weights', 'config_diff', 'train', 'agreed_checkpoint', 'resume_state',
-           'adam_step_bound', 'plot_logits', 'counting_reads', 'counting_syncs', 'count_step_syncs',
-           'add_dataclass_args', 'dataclass_from_args', 'add_train_args', 'config_from_args', 'run_train']
+           'builtin_data', 'get_batch', 'train_batches', 'Throughput', 'corrupt_batch', 'build_model', 'make_loss',
+           'setup_processes', 'load_checkpoint', 'tokenizer_from_dict', 'load_image_tower', 'fast_bf16',
+           'tf32_products', 'run_precision', 'compile_towers', 'logit_means', 'check_finite', 'train_step',
+           'kernel_ids', 'make_optimizer', 'evaluate_loss', 'gather_rng', 'resume_weights', 'config_diff', 'train',
+           'agreed_checkpoint', 'resume_state', 'adam_step_bound', 'plot_logits', 'counting_reads', 'counting_syncs',
+           'count_step_syncs', 'add_dataclass_args', 'dataclass_from_args', 'add_train_args', 'config_from_args',
+           'run_train']
 
 # %% ../nbs/05_train.ipynb #17bc73fd
 LOSSES = ('sigmoid', 'chunked', 'ring', 'softmax')
@@ -47,7 +48,7 @@ PRECISIONS = ('fp32', 'tf32', 'bf16', 'fp16', 'auto')
 RINGS = ('one-way', 'bidir')
 SCHEDULES = ('cosine', 'constant', 'wsd')
 # where and how a run executes
-RUN_ONLY = ('out_dir', 'device', 'backend', 'timeout', 'compile', 'chunk_size')
+RUN_ONLY = ('out_dir', 'device', 'backend', 'timeout', 'compile', 'chunk_size', 'workers', 'prefetch')
 
 def check_schedule(cfg) -> None:
     "Raise a clear error for a `cfg.schedule` or `cfg.cooldown` that `lr_at` cannot follow (training configs share it)."
@@ -60,12 +61,12 @@ def check_schedule(cfg) -> None:
 @dataclass
 class TrainConfig:
     "Every setting of a training run; saved in each checkpoint so that resume and evaluation need nothing else."
-    preset: str = 'tiny'          # model size: SigLIPConfig.preset(name)
+    preset: str = 'tiny'          # model size: one of model.PRESETS (SigLIPConfig.preset(name))
     steps: int = 300              # length of the schedule (the run ends here)
     batch_size: int = 128         # global batch: pairs per step summed over all ranks
     lr: float = 1e-3              # peak learning rate, reached after warm-up
     weight_decay: float = 1e-4    # AdamW decay of linear/conv kernels, times the lr (the paper's 1e-4 is 0.1 here)
-    logit_lr_mult: float = 10.    # lr multiplier of t' and b: Adam moves a scalar by about lr a step (see below)
+    logit_lr_mult: float = 10.    # lr multiplier of t' and b: Adam moves a scalar by about lr a step (05_train)
     init_scale: float = 10.       # t = exp(t') at init (the paper's t' = log 10)
     init_bias: float = -10.       # b at init (the paper's -10)
     beta2: float = 0.95           # the SigLIP paper's beta2: 0.999 makes large-batch sigmoid training unstable
@@ -88,8 +89,10 @@ class TrainConfig:
     caption_col: str = ''         # your file's caption column ('': the first of data.CAPTION_COLUMNS it has)
     skip_bad: bool = False        # leave out unreadable images and empty captions of your data (counted, reported)
     val_fraction: float = 0.1     # of your pairs, held out (seeded) for validation and `minisiglip eval`
+    workers: int = 2              # DataLoader processes decoding your images (0: this one; built-in sets are in memory)
+    prefetch: int = 2             # batches each worker decodes ahead of the step that needs them
     n_train: int = 20_000         # training pairs generated for 'shapes' (the order is reshuffled every epoch)
-    image_size: int = 32          # side of the (square) images (with init_hf: the checkpoint's)
+    image_size: int = 32          # side of the (square) images in pixels (with init_hf: the checkpoint's)
     noise: str = 'none'           # corrupt a fraction of every training batch: one of NOISE_KINDS (the paper's Fig. 7)
     noise_frac: float = 0.        # the fraction of pairs of each batch that `noise` corrupts
     init_image: str = ''          # a run folder whose image tower (and image size) this run starts from
@@ -110,6 +113,8 @@ class TrainConfig:
         for name in ('steps', 'batch_size', 'n_train', 'image_size'):
             if getattr(self, name) < 1: raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.chunk_size < 0: raise ValueError(f"chunk_size must be >= 0 (0: auto), got {self.chunk_size}")
+        if self.workers < 0: raise ValueError(f"workers must be >= 0 (0: decode in this process), got {self.workers}")
+        if self.prefetch < 1: raise ValueError(f"prefetch must be >= 1, got {self.prefetch}")
         if self.warmup_steps < 0: raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
         if not 0 < self.beta2 < 1: raise ValueError(f"beta2 must be in (0, 1), got {self.beta2}")
         if self.noise not in NOISE_KINDS: raise ValueError(f"noise must be one of {NOISE_KINDS}, got {self.noise!r}")
@@ -190,11 +195,47 @@ def builtin_data(name: str, n_train: int, seed: int,
             DigitsDataset('val', seed=seed, image_size=image_size), Tokenizer.for_digits())
 
 def get_batch(ds: ImageCaptionDataset, tok: Tokenizer, idx: Tensor, device: torch.device) -> tuple[Tensor, Tensor]:
-    """Images and tokenized captions of the pairs `idx` of an in-memory dataset, on `device`. For a GPU they go through
-    page-locked memory, which the GPU copies from directly and asynchronously (no staging copy, no host wait)."""
-    images, tokens = ds.images[idx], tok([ds.captions[i] for i in idx.tolist()])
+    """Images and tokenized captions of the pairs `idx` of a dataset, on `device` (a `CaptionFileDataset` decodes
+    them here). For a GPU they go through page-locked memory, which the GPU copies from directly and asynchronously
+    (no staging copy, no host wait)."""
+    images, tokens = ds.load(idx), tok([ds.captions[i] for i in idx.tolist()])
     if device.type == 'cuda': images, tokens = images.pin_memory(), tokens.pin_memory()
     return images.to(device, non_blocking=True), tokens.to(device, non_blocking=True)
+
+# %% ../nbs/05_train.ipynb #15a0c86a
+import time
+from collections.abc import Iterator
+
+def train_batches(ds, tok: Tokenizer, cfg: TrainConfig, start: int, stop: int, rank: int, world: int,
+                  device: torch.device, undecodable: list[str]) -> Iterator[tuple[Tensor, Tensor]]:
+    """This rank's `(images, tokens)` on `device` for steps `start` to `stop - 1`, in `batch_indices` order. Images
+    that fail to decode raise `ValueError` naming the file, or with `cfg.skip_bad` are left out of their batch,
+    their reasons appended to `undecodable` (so a batch can be smaller than the others)."""
+    order = (batch_indices(cfg.seed, step, len(ds), cfg.batch_size, rank, world, cfg.drop_last)
+             for step in range(start, stop))
+    if not isinstance(ds, CaptionFileDataset):
+        for idx in order: yield get_batch(ds, tok, idx, device)
+        return
+    loader = stream(ds, tok, (idx.tolist() for idx in order), cfg.workers, cfg.prefetch, device.type == 'cuda')
+    for step, (batch, reasons) in enumerate(loader, start):
+        if reasons and not cfg.skip_bad: raise ValueError(f"{reasons[0]} (pass --skip-bad to leave such pairs out)")
+        undecodable += reasons
+        if batch is None: raise ValueError(f"no image of the batch of step {step} could be decoded: {reasons[0]}")
+        yield tuple(t.to(device, non_blocking=True) for t in batch)
+
+@dataclass
+class Throughput:
+    "Images trained, and seconds spent waiting for data and in whole steps, summed over steps: speed and its cost."
+    images: int = 0
+    wait_s: float = 0.
+    step_s: float = 0.
+
+    def add(self, images: int, wait_s: float, step_s: float) -> None:
+        self.images, self.wait_s, self.step_s = self.images + images, self.wait_s + wait_s, self.step_s + step_s
+
+    def summary(self) -> dict:
+        "`images_per_s` (all ranks) and `data_wait`, the fraction of step time spent waiting for the next batch."
+        return {'images_per_s': round(self.images / self.step_s, 1), 'data_wait': round(self.wait_s / self.step_s, 3)}
 
 # %% ../nbs/05_train.ipynb #af39535c
 def corrupt_batch(images: Tensor, tokens: Tensor, kind: str, frac: float, tok: Tokenizer) -> tuple[Tensor, Tensor]:
@@ -523,13 +564,21 @@ def _train(cfg: TrainConfig, resume: bool, stop_at: int | None, rank: int, world
     stop = min(cfg.steps, stop_at if stop_at is not None else cfg.steps)
     if stop <= state['step']: raise ValueError(f"nothing to train: the run is at step {state['step']}, stop_at/steps is {stop}")
     bar = tqdm(range(state['step'], stop), initial=state['step'], total=cfg.steps, disable=rank != 0, mininterval=1, desc='train')
+    undecodable = state.setdefault('undecodable', [])               # with skip_bad; a resumed run adds to it
+    batches, speed, postfix = train_batches(train_ds, tok, cfg, state['step'], stop, rank, world, device,
+                                            undecodable), Throughput(), {}
     for step in bar:
-        idx = batch_indices(cfg.seed, step, len(train_ds), cfg.batch_size, rank, world, cfg.drop_last)
-        images, tokens = get_batch(train_ds, tok, idx, device)
+        started = time.perf_counter()
+        images, tokens = next(batches)
+        waited = time.perf_counter() - started
         if cfg.noise != 'none': images, tokens = corrupt_batch(images, tokens, cfg.noise, cfg.noise_frac, tok)
         lr = lr_at(step, cfg)
         stats = train_step(net, optimizer, loss_fn, images, tokens, step, lr, cfg.grad_clip, world, cfg.precision,
                            scaler, cfg.timeout)
+        speed.add(len(images) * world, waited, time.perf_counter() - started)
+        state['throughput'] = speed.summary()
+        postfix.update({'img/s': f"{state['throughput']['images_per_s']:.3g}",
+                        'data wait': f"{state['throughput']['data_wait']:.0%}"})
         h = state['history']; h['lr'].append(lr)
         for k, v in stats.items(): h.setdefault(k, []).append(v)      # a run saved before a stat existed lacks it
         state['step'] = done = step + 1
@@ -538,13 +587,18 @@ def _train(cfg: TrainConfig, resume: bool, stop_at: int | None, rank: int, world
                                 lambda: evaluate_loss(model, val_images, val_tokens, cfg.loss), rank == 0)
             if rank == 0:
                 h['val'].append({'step': done, 'loss': val})
-                bar.set_postfix(loss=f"{stats['loss']:.3f}", val=f'{val:.3f}', lr=f'{lr:.1e}')
+                postfix.update(loss=f"{stats['loss']:.3f}", val=f'{val:.3f}', lr=f'{lr:.1e}')
+        bar.set_postfix(postfix, refresh=False)
         if (cfg.ckpt_every and done % cfg.ckpt_every == 0) or done == stop:
             rng = gather_rng(world, device)                          # a collective: every rank takes part
             if scaler is not None: state['scaler'] = scaler.state_dict()   # the same on every rank: one read
             save = lambda: save_checkpoint(cfg.out_dir, model, optimizer, {**state, 'rng': rng})
             fail_together(f'saving the checkpoint of step {done}', save, rank == 0)
     bar.close()
+    if rank == 0 and undecodable:
+        first = list(dict.fromkeys(undecodable))                   # each file once, in the order they failed
+        print(f"{len(undecodable)} images ({len(first)} files) could not be decoded and were left out of their "
+              f"batches (--skip-bad): " + '; '.join(first[:3]))
     return model.eval(), state
 
 # %% ../nbs/05_train.ipynb #4d8e3550
@@ -635,14 +689,18 @@ def count_step_syncs(*cfgs: TrainConfig, steps: int = 2) -> list[int]:
     return counts
 
 # %% ../nbs/05_train.ipynb #bf2f180d
+from .cli import field_docs
+from .model import PRESETS
+
 def add_dataclass_args(parser: argparse.ArgumentParser, cls, choices: dict | None = None, skip: tuple = ()) -> None:
     """One `--flag` per field of the dataclass `cls` (defaults from it; `choices` by field name; booleans
-    as `--flag/--no-flag`; the field's `metadata['help']` where it has one): every setting of a run is a
+    as `--flag/--no-flag`; help from the field's documentation, `field_docs`): every setting of a run is a
     flag, and no flag can drift from the field it sets."""
+    docs = field_docs(cls)
     for f in dataclasses.fields(cls):
         if f.name in skip: continue
         flag = '--' + f.name.replace('_', '-')
-        text = '; '.join(filter(None, (f.metadata.get('help'), f'default: {f.default}')))
+        text = '; '.join(filter(None, (docs[f.name], f'default: {f.default!r}')))
         if isinstance(f.default, bool):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=text)
         else:
@@ -655,9 +713,9 @@ def dataclass_from_args(cls, args: argparse.Namespace, **overrides):
 
 def add_train_args(parser: argparse.ArgumentParser) -> None:
     "Add one `--flag` per `TrainConfig` field (defaults from the dataclass), plus `--resume` and `--stop-at`."
-    add_dataclass_args(parser, TrainConfig, choices={'loss': LOSSES, 'noise': NOISE_KINDS, 'ring': RINGS,
-                                                     'schedule': SCHEDULES, 'precision': PRECISIONS, 'device': DEVICES,
-                                                     'backend': BACKENDS})
+    add_dataclass_args(parser, TrainConfig, choices={
+        'preset': tuple(PRESETS), 'loss': LOSSES, 'noise': NOISE_KINDS, 'ring': RINGS, 'schedule': SCHEDULES,
+        'precision': PRECISIONS, 'device': DEVICES, 'backend': BACKENDS})
     parser.add_argument('--out', dest='out_dir', help='alias of --out-dir')
     parser.add_argument('--resume', action='store_true', help='continue from the newest checkpoint in --out-dir')
     parser.add_argument('--stop-at', type=int, default=None, help='stop after this step (the schedule still spans --steps)')
@@ -672,4 +730,6 @@ def run_train(args: argparse.Namespace) -> int:
     _, state = train(cfg, resume=args.resume, stop_at=args.stop_at)
     if int(os.environ.get('RANK', 0)) == 0:
         print(f"step {state['step']}: loss {state['history']['loss'][-1]:.4f}; checkpoint in {latest_checkpoint(cfg.out_dir)}")
+        speed = state['throughput']
+        print(f"{speed['images_per_s']:.3g} images/s, {speed['data_wait']:.0%} of step time waiting for data")
     return 0

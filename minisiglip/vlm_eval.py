@@ -224,6 +224,7 @@ def ask(run: str | Path, image: str | Path, question: str, device: str = 'cpu') 
 def add_vlm_args(parser: argparse.ArgumentParser) -> None:
     "Subcommands of `minisiglip vlm`: pretrain-lm, train, ask, demo."
     from minisiglip.train import add_dataclass_args, SCHEDULES
+    from minisiglip.cli import field_docs
     sub = parser.add_subparsers(dest='vlm_command', metavar='SUBCOMMAND', required=True)
     p = sub.add_parser('pretrain-lm', help='pretrain the VLM\'s language model on text about the scenes (for --lm)')
     add_dataclass_args(p, LMTrainConfig, choices={'schedule': SCHEDULES})
@@ -244,13 +245,15 @@ def add_vlm_args(parser: argparse.ArgumentParser) -> None:
     p.add_argument('run', help='VLM run folder (from vlm train or vlm demo)')
     p.add_argument('image', help='image file (PNG, JPEG, ...; any size)')
     p.add_argument('question', help='e.g. "what colour is the circle?"')
-    p.add_argument('--device', default='cpu')
+    p.add_argument('--device', default='cpu', help="'cpu', 'cuda' or 'cuda:1', ...; default: cpu")
     p = sub.add_parser('demo', help='train the demo VLM (VLM_DEMO) and a blind baseline on a SigLIP tower, '
                                     'evaluate, report')
     p.add_argument('--siglip', default='runs/demo', help='SigLIP run folder (default: runs/demo, from minisiglip demo)')
     p.add_argument('--out', default=VLM_DEMO_TRAIN.out_dir, help=f'run folder (default: {VLM_DEMO_TRAIN.out_dir})')
+    docs = field_docs(VLMTrainConfig)
     for name in ('steps', 'seed', 'device'):
-        p.add_argument('--' + name, type=type(getattr(VLM_DEMO_TRAIN, name)), default=getattr(VLM_DEMO_TRAIN, name))
+        default = getattr(VLM_DEMO_TRAIN, name)
+        p.add_argument('--' + name, type=type(default), default=default, help=f'{docs[name]}; default: {default}')
     p.add_argument('--schedule', choices=SCHEDULES, default=VLM_DEMO_TRAIN.schedule, help='learning-rate schedule')
     p.add_argument('--value-view', action=argparse.BooleanOptionalAction, default=VLM_DEMO.value_view,
                    help="also show the tower each image without its hue (VLMConfig.value_view); --no-value-view "

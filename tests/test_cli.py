@@ -1,8 +1,9 @@
 "The `minisiglip` console script, as a user runs it."
 import subprocess
+import pytest
 import torch
 
-from minisiglip.cli import COMMANDS
+from minisiglip.cli import COMMANDS, build_parser, undocumented_flags
 
 
 def minisiglip(*args, env) -> subprocess.CompletedProcess:
@@ -13,6 +14,20 @@ def test_help_lists_every_subcommand(run_env):
     res = minisiglip('--help', env=run_env)
     assert res.returncode == 0, res.stderr
     for name in COMMANDS: assert name in res.stdout
+
+
+@pytest.mark.parametrize('command', list(COMMANDS))
+def test_every_flag_explains_itself(command):
+    "Each flag and argument of every subcommand (and sub-subcommand) has a help line, not just a default."
+    assert undocumented_flags(build_parser(command)) == []
+
+
+def test_train_help_reads_the_config_comments(run_env):
+    res = minisiglip('train', '--help', env=run_env)
+    assert res.returncode == 0, res.stderr
+    help = ' '.join(res.stdout.split())
+    assert "--workers WORKERS DataLoader processes decoding your images" in help
+    assert "--preset {tiny,tiny_wide,small}" in help and 'side of the (square) images in pixels' in help
 
 
 def test_unknown_subcommand_is_a_usage_error(run_env):
