@@ -8,7 +8,8 @@ import pytest
 from torchvision.utils import save_image
 
 from minisiglip.data import CaptionFileDataset, ShapesDataset, split_indices
-from minisiglip.train import batch_indices, latest_checkpoint, read_state
+from minisiglip.train import batch_indices
+from minisiglip.checkpoint import latest_checkpoint, read_state
 
 SMALL = ['--batch-size', '16', '--steps', '4', '--warmup-steps', '1', '--eval-every', '2', '--ckpt-every', '2',
          '--preset', 'tiny', '--device', 'cpu']
