@@ -4,7 +4,7 @@
 
 # %% ../nbs/02b_bench.ipynb #04bcddb1
 from __future__ import annotations
-import argparse, json, os, statistics, tempfile, time
+import argparse, json, os, statistics, sys, tempfile, time
 from pathlib import Path
 from typing import Callable
 import torch
@@ -15,7 +15,7 @@ from .distributed import loss_step, spawn, pick_device, DEVICES
 
 # %% auto #0
 __all__ = ['SINGLE', 'DTYPES', 'SPAWNED', 'time_round_robin', 'RowUnavailable', 'row_loss', 'row_step', 'measure_rows',
-           'spawned_row', 'add_bench_args', 'run_bench']
+           'use_triton_interpreter', 'spawned_row', 'add_bench_args', 'run_bench']
 
 # %% ../nbs/02b_bench.ipynb #0c214a5d
 def time_round_robin(fns: dict[str, Callable[[], object]], repeats: int, device: str | None = None) -> dict[str, float]:
@@ -85,6 +85,15 @@ def measure_rows(names: list[str], n: int, d: int, chunk_size: int, repeats: int
     floor_s = 3 * times['matmul'] * n / c
     return {k: dict(time_s=times[k], floor_s=floor_s, peak_bytes=peak_bytes(steps[k], device), loss=losses[k])
             for k in names}
+
+# %% ../nbs/02b_bench.ipynb #c7467d4e
+def use_triton_interpreter() -> None:
+    "Run Triton kernels in Triton's interpreter from here on, Triton's own `@triton.jit` library functions included."
+    os.environ['TRITON_INTERPRET'] = '1'
+    triton = sys.modules.get('triton')
+    if triton is None or not isinstance(triton.language.sum, triton.runtime.JITFunction): return   # nothing compiled
+    for name in [m for m in sys.modules if m == 'triton' or m.startswith('triton.') or m == 'minisiglip.kernels']:
+        if not name.startswith('triton._C'): del sys.modules[name]   # re-imported afresh (not the compiled extension)
 
 # %% ../nbs/02b_bench.ipynb #6c10c957
 def spawned_row(name: str, world: int, n: int, d: int, chunk_size: int, repeats: int, seed: int = 0,
