@@ -8,7 +8,7 @@ the editable install of the working tree stays invisible and the import must com
 import subprocess, sys, sysconfig, venv
 from pathlib import Path
 
-from conftest import REPO
+REPO = Path(__file__).resolve().parent.parent   # not `from conftest import`: tests/gpu has a conftest too
 
 
 def run(cmd: list, **kw) -> str:
