@@ -173,10 +173,10 @@ def load_vlm(path: str | Path, device: str | torch.device = 'cpu') -> tuple[VLM,
 @dataclass
 class LMTrainConfig:
     "How the VLM's language model is pretrained on text alone (`pretrain_lm`); saved in its checkpoint."
-    lm_width: int = 128           # the LM's sizes: a VLM loads it only if its VLMConfig has the same ones
-    lm_depth: int = 2
-    lm_heads: int = 4
-    mlp_ratio: float = 4.0
+    lm_width: int = 128           # the LM's width (a VLM loads it only if its VLMConfig has the same sizes)
+    lm_depth: int = 2             # the LM's transformer blocks
+    lm_heads: int = 4             # attention heads per block (must divide lm_width)
+    mlp_ratio: float = 4.0        # the MLP's hidden width, as a multiple of lm_width
     max_len: int = 32             # positions: a VLM's text (16) after its prefix visual tokens (16) must fit
     n_scenes: int = 8000          # scenes the text is about (text_corpus): about 60 tokens each
     held_out_text: bool = False   # may the held-out colour–shape pairs appear in the text? (text_corpus)
