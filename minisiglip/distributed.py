@@ -5,6 +5,7 @@
 # %% ../nbs/02_distributed.ipynb #0bcf5b8e
 from __future__ import annotations
 import argparse
+import gc
 import json
 import os
 import socket
@@ -339,7 +340,9 @@ def _spawned(rank: int, world_size: int, port: int, fn: Callable, args: tuple, t
                       LOCAL_RANK=str(rank))
     init_distributed(timeout_s, device=pick_device(device, rank))
     try: torch.save(fn(*args), os.path.join(out, f'{rank}.pt'))
-    finally: dist.destroy_process_group()
+    finally:
+        gc.collect()          # what an exception's traceback kept alive (a DDP reducer) goes while its group exists
+        dist.destroy_process_group()
 
 def spawn(fn: Callable, world_size: int, *args, timeout_s: float = 60., device: str = 'cpu') -> list:
     """Run `fn(*args)` on `world_size` local processes and return each rank's result (on the CPU): the notebooks', the
