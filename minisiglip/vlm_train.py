@@ -26,9 +26,9 @@ from .vqa import (VQASet, make_vqa, vqa_tokenizer, encode_question, EOS, FAMILIE
 # %% auto #0
 __all__ = ['IGNORE', 'VLM_PRECISIONS', 'TASKS', 'encode_qa', 'take_rows', 'answer_loss', 'parse_per_family', 'VLMTrainConfig',
            'prune_relations', 'part_of', 'make_vlm_optimizer', 'trained_parameters', 'load_vlm', 'LMTrainConfig',
-           'pack_text', 'optimizer_step', 'pretrain_lm', 'load_lm', 'copy_weights', 'put_lm', 'start_of', 'start_from',
-           'load_tower', 'precompute_features', 'questions_of', 'patch_features', 'train_vlm', 'load_prior',
-           'prior_log_probs', 'train_stages']
+           'pack_text', 'optimizer_step', 'log_step', 'pretrain_lm', 'load_lm', 'copy_weights', 'put_lm', 'start_of',
+           'start_from', 'load_tower', 'precompute_features', 'questions_of', 'patch_features', 'train_vlm',
+           'load_prior', 'prior_log_probs', 'train_stages']
 
 # %% ../nbs/07b_vlm_train.ipynb #152acdf3
 IGNORE = -100   # F.cross_entropy's default ignore_index: positions that are not scored
@@ -219,6 +219,11 @@ def optimizer_step(loss: Tensor, optimizer: torch.optim.Optimizer, params: list[
     optimizer.step()
     return gnorm
 
+def log_step(state: dict, bar: tqdm, step: int, loss: Tensor, lr: float, gnorm: Tensor) -> None:
+    "Append a step's loss, learning rate and gradient norm to `state['history']`; show them on `bar` every 50 steps."
+    h = state['history']; h['loss'].append(loss.item()); h['lr'].append(lr); h['grad_norm'].append(gnorm.item())
+    if step % 50 == 0: bar.set_postfix(loss=f'{loss.item():.3f}', lr=f'{lr:.1e}')
+
 def pretrain_lm(cfg: LMTrainConfig) -> tuple[TinyLM, Tokenizer, dict]:
     "Train a `TinyLM` on `text_corpus` by next-token prediction; checkpoint to `cfg.out_dir`."
     device, tok = torch.device(cfg.device), text_tokenizer()
@@ -244,8 +249,7 @@ def pretrain_lm(cfg: LMTrainConfig) -> tuple[TinyLM, Tokenizer, dict]:
         logits = lm(lm.tok(ids[idx].to(device)))
         loss = F.cross_entropy(logits.flatten(0, 1), targets[idx].to(device).flatten())
         gnorm = optimizer_step(loss, optimizer, params, cfg.grad_clip, step)
-        h = state['history']; h['loss'].append(loss.item()); h['lr'].append(lr); h['grad_norm'].append(gnorm.item())
-        if step % 50 == 0: bar.set_postfix(loss=f'{loss.item():.3f}', lr=f'{lr:.1e}')
+        log_step(state, bar, step, loss, lr, gnorm)
     state.update(step=cfg.steps, train_s=time.perf_counter() - t0)
     save_checkpoint(cfg.out_dir, lm, optimizer, state)
     return lm.eval(), tok, state
@@ -399,8 +403,7 @@ def train_vlm(cfg: VLMTrainConfig, vlm_cfg: VLMConfig = VLMConfig()) -> tuple[VL
         if prior is not None: logits = logits + prior_log_probs(prior, ids.to(device))   # a product of experts
         loss = answer_loss(logits, targets.to(device), weights[idx].to(device))
         gnorm = optimizer_step(loss, optimizer, params, cfg.grad_clip, step)
-        h = state['history']; h['loss'].append(loss.item()); h['lr'].append(lr); h['grad_norm'].append(gnorm.item())
-        if step % 50 == 0: bar.set_postfix(loss=f'{loss.item():.3f}', lr=f'{lr:.1e}')
+        log_step(state, bar, step, loss, lr, gnorm)
     state.update(step=cfg.steps, train_s=time.perf_counter() - t0)
     save_checkpoint(cfg.out_dir, model, optimizer, state)
     return model.eval(), tok, state
