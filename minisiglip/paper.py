@@ -22,9 +22,9 @@ from .eval import evaluate, same_key, scene_key, chance_recall, zero_shot_chance
 # %% auto #0
 __all__ = ['BASE', 'SELECT_SEED', 'TEST_SEED', 'N_EVAL', 'LR_LADDER', 'FIRST_LRS', 'SEEDS', 'BATCHES', 'INITS', 'KEEP', 'MASKS',
            'NOISE_FRAC', 'INIT_NAMES', 'CLAIMS', 'CLAIM_NAMES', 'run_key', 'run_experiment', 'load_runs', 'run_many',
-           'matched_steps', 'study_arms', 'lr_grid', 'best_lr', 'is_bracketed', 'grid_extension', 'run_study',
-           'arm_results', 'spread', 'compare', 'combine', 'r1s', 'claim_batch', 'claim_bias', 'claim_masking',
-           'retention', 'claim_noise', 'verdicts', 'chance_levels', 'negative_share']
+           'matched_steps', 'study_arms', 'ladder_step', 'lr_grid', 'best_lr', 'is_bracketed', 'grid_extension',
+           'run_study', 'arm_results', 'spread', 'compare', 'combine', 'r1s', 'claim_batch', 'claim_bias',
+           'claim_masking', 'retention', 'claim_noise', 'verdicts', 'chance_levels', 'negative_share']
 
 # %% ../nbs/09_paper.ipynb #62ce43a1
 BASE = dict(preset='tiny', steps=200, batch_size=64, lr=1e-3, warmup_steps=20, n_train=20_000,
@@ -113,6 +113,14 @@ def study_arms(tower: str) -> dict[str, dict[str, dict]]:
                     'hard, matched pairs': masked('hard', steps=matched_steps(64, KEEP))},
         'noise': {f'{l} {k}': noisy(l, k) for k in NOISE_KINDS for l in ('sigmoid', 'softmax')}}
 
+def ladder_step(grid: list[float], best: float, ladder: tuple) -> list[float]:
+    """The next rung of `ladder` beyond the edge of `grid` where its `best` rate sits; [] once `best` is strictly
+    inside (bracketed) or the ladder ends. One rule for every study here that grows a learning-rate grid (also 08a)."""
+    i = ladder.index(best)
+    if best == grid[0] and i > 0: return [ladder[i - 1]]
+    if best == grid[-1] and i + 1 < len(ladder): return [ladder[i + 1]]
+    return []
+
 def lr_grid(runs: dict[str, dict], arm: dict) -> list[float]:
     "The learning rates at which seed 0 of `arm` has run, in order: its grid."
     return [lr for lr in LR_LADDER if run_key(dict(arm, lr=lr, seed=0)) in runs]
@@ -128,11 +136,7 @@ def is_bracketed(runs: dict[str, dict], arm: dict) -> bool:
 
 def grid_extension(runs: dict[str, dict], arm: dict) -> list[float]:
     "The next rate of `LR_LADDER` beyond the edge of `arm`'s grid where its best rate sits ([] once bracketed)."
-    grid, best = lr_grid(runs, arm), best_lr(runs, arm)
-    i = LR_LADDER.index(best)
-    if best == grid[0] and i > 0: return [LR_LADDER[i - 1]]
-    if best == grid[-1] and i + 1 < len(LR_LADDER): return [LR_LADDER[i + 1]]
-    return []
+    return ladder_step(lr_grid(runs, arm), best_lr(runs, arm), LR_LADDER)
 
 def run_study(path: str | Path, tower: str, workers: int = 2) -> dict:
     """Run (or read from `path`) every arm's seed 0 over its grid, growing the grids until each best rate is inside,

@@ -17,6 +17,7 @@ from .vqa import FAMILIES
 from .vlm import VLMConfig
 from .vlm_train import VLMTrainConfig
 from .vlm_eval import run_arm
+from .paper import ladder_step
 
 # %% auto #0
 __all__ = ['LESSON_BASE', 'LESSON_TRAIN', 'LR_LADDER', 'FIRST_FACTORS', 'SEEDS', 'MORE_SEEDS', 'CLOSE', 'N_EVAL', 'TOWERS',
@@ -80,11 +81,7 @@ def best_lr(rows: list[dict], arm: str) -> float:
 
 def grid_extension(rows: list[dict], arm: str, ladder: tuple = LR_LADDER) -> list[float]:
     "The next factor of `ladder` beyond the edge of `arm`'s grid where its best factor sits ([] once it is inside)."
-    grid, best = lr_grid(rows, arm), best_lr(rows, arm)
-    i = ladder.index(best)
-    if best == grid[0] and i > 0: return [ladder[i - 1]]
-    if best == grid[-1] and i + 1 < len(ladder): return [ladder[i + 1]]
-    return []
+    return ladder_step(lr_grid(rows, arm), best_lr(rows, arm), ladder)
 
 def is_bracketed(rows: list[dict], arm: str) -> bool:
     "Whether `arm`'s chosen factor lies strictly inside the factors its seed 0 ran at."
