@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import shutil
 import tempfile
 import time
@@ -16,6 +17,7 @@ import torch
 from torch import Tensor
 from .data import Tokenizer, read_image
 from .checkpoint import latest_checkpoint
+from .model import Attention, causal_mask
 from .vlm import VLM, VLMConfig, CONNECTORS, FUSIONS, MODES
 from .vqa import VQASet, make_vqa, encode_question, EOS, FAMILIES, TEST_SCENES, chance
 from .vlm_train import (VLMTrainConfig, VLM_PRECISIONS, TASKS, LMTrainConfig, train_vlm, load_vlm,
@@ -25,7 +27,8 @@ from .demo import DEMO_PRECISION
 # %% auto #0
 __all__ = ['EVAL_SPLITS', 'VLM_DEMO_V1', 'VLM_DEMO_V1_TRAIN', 'VLM_DEMO', 'VLM_DEMO_TRAIN', 'BLIND_STEPS', 'answer',
            'vqa_accuracy', 'evaluation_sets', 'evaluate_vlm', 'vqa_table', 'plot_answers', 'vlm_demo', 'vlm_report',
-           'relation_outcomes', 'apply_overrides', 'run_arm', 'ask', 'add_vlm_args', 'vlm_demo_configs', 'run_vlm']
+           'attention_weights', 'answer_attention', 'relation_outcomes', 'apply_overrides', 'run_arm', 'ask',
+           'add_vlm_args', 'vlm_demo_configs', 'run_vlm']
 
 # %% ../nbs/08_vlm_eval.ipynb #f7f91c43
 @torch.no_grad()
@@ -163,6 +166,29 @@ def vlm_report(metrics: dict) -> str:
                       f"{metrics['visual_tokens']} visual tokens per image",
                       *(line(split, metrics[key]) for split, key in EVAL_SPLITS.items() if key in metrics),
                       line('blind (seen)', metrics['blind'])])
+
+# %% ../nbs/08_vlm_eval.ipynb #e6475590
+def attention_weights(attn: Attention, x: Tensor) -> Tensor:
+    "Causal self-attention probabilities `(B, heads, L, L)` of `attn` on its input `x`: what `attend` weighs `v` by."
+    B, L, D = x.shape
+    split = lambda y: y.view(B, L, attn.heads, D // attn.heads).transpose(1, 2)
+    scores = split(attn.q(x)) @ split(attn.k(x)).transpose(-1, -2) / math.sqrt(D // attn.heads)
+    return scores.masked_fill(~causal_mask(L, L, x.device), float('-inf')).softmax(-1)
+
+@torch.no_grad()
+def answer_attention(model: VLM, tok: Tokenizer, question: str, image: Tensor) -> Tensor:
+    """`(layers, heads, n_visual)`: the attention that the position predicting the first answer word pays to each
+    visual token, per LM layer and head, for `question` about `image` `(3, S, S)`. Prefix fusion only: there the
+    visual tokens are LM positions (cross-attention reads them through other layers)."""
+    if model.cfg.fusion != 'prefix':
+        raise ValueError(f"answer_attention reads a prefix fusion's self-attention; this VLM's is {model.cfg.fusion!r}")
+    inputs = []
+    hooks = [b.attn.register_forward_hook(lambda m, args, out: inputs.append(args[0])) for b in model.lm.blocks]
+    try: model(torch.tensor([encode_question(tok, question)]), images=image[None])
+    finally:
+        for h in hooks: h.remove()
+    last = [attention_weights(b.attn, x)[0, :, -1] for b, x in zip(model.lm.blocks, inputs)]   # (heads, L) each
+    return torch.stack(last)[..., :model.n_visual]
 
 # %% ../nbs/08_vlm_eval.ipynb #810e8d69
 def relation_outcomes(data: VQASet, preds: list[str]) -> dict[int, dict[str, int]]:
