@@ -32,7 +32,8 @@ def time_round_robin(fns: dict[str, Callable[[], object]], repeats: int, device:
 SINGLE = ('sigmoid_loss', 'chunked_sigmoid_loss', 'softmax_loss', 'open_clip SigLipLoss', 'fused_sigmoid_loss',
           'siglip-kernel')
 DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16}
-SPAWNED = {'ring_sigmoid_loss': 'ring', 'gather_softmax_loss': 'gather-softmax'}   # row -> `distributed.loss_step` method
+# row -> `distributed.loss_step` method
+SPAWNED = {'ring_sigmoid_loss': 'ring', 'gather_softmax_loss': 'gather-softmax'}
 
 class RowUnavailable(Exception):
     "A row this machine cannot run (a GPU-only kernel on CPU): the table keeps it, with this as its note."
@@ -73,9 +74,9 @@ def row_step(name: str, n: int, d: int, chunk_size: int, seed: int = 0, device: 
 
 def measure_rows(names: list[str], n: int, d: int, chunk_size: int, repeats: int, seed: int = 0, device: str = 'cpu',
                  dtype: torch.dtype = torch.float32) -> dict[str, dict]:
-    """Time (median, round-robin), peak extra memory and loss value of each row, with the arithmetic floor measured in the
-    same rounds: `floor_s` = 3 × the time of one `(n, d) @ (d, n)` product (6 n^2 d flops in all), timed on at most 4096
-    columns into a preallocated output and scaled up, so measuring the floor never needs an `(n, n)` matrix."""
+    """Time (median, round-robin), peak extra memory and loss value of each row, with the arithmetic floor measured in
+    the same rounds: `floor_s` = 3 × the time of one `(n, d) @ (d, n)` product (6 n^2 d flops in all), timed on at most
+    4096 columns into a preallocated output and scaled up, so measuring the floor never needs an `(n, n)` matrix."""
     steps = {k: row_step(k, n, d, chunk_size, seed, device, dtype) for k in names}
     c = min(n, 4096)
     x, y, out = (torch.randn(*shape, device=device, dtype=dtype) for shape in ((n, d), (c, d), (n, c)))
@@ -149,7 +150,8 @@ def run_bench(args: argparse.Namespace) -> int:
     print(f"{'loss':<24}{'W':>3}{'fwd+bwd ms':>12}{'peak MiB':>10}{'x floor':>9}")
     for r in rows:
         if 'note' in r: print(f"{r['name']:<24}{r['world_size']:>3}  {r['note']}"); continue
-        print(f"{r['name']:<24}{r['world_size']:>3}{r['time_s'] * 1e3:>12.1f}{r['peak_bytes'] / 2**20:>10.1f}{r['floor_ratio']:>9.2f}")
+        print(f"{r['name']:<24}{r['world_size']:>3}{r['time_s'] * 1e3:>12.1f}{r['peak_bytes'] / 2**20:>10.1f}"
+              f"{r['floor_ratio']:>9.2f}")
     out = Path(args.out); out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(dict(matmul_flops=rate, floor_s=floor_s, cores=os.cpu_count(), device=str(device),
                                    dtype=args.dtype, rows=rows), indent=1))

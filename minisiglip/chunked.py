@@ -58,8 +58,9 @@ def sigmoid_block_loss_and_grads(zimg: Tensor, ztxt: Tensor, scale: Tensor | flo
     buf = torch.empty(n * c, dtype=acc, device=dev)                   # the only (n, chunk) block, reused by every chunk
     # G rounded for the 16-bit products
     g16 = torch.empty(n * c, dtype=zimg.dtype, device=dev) if low else None
-    rows = -(-n // 4)                                                 # softplus scratch: a quarter of the block, 4 calls
-    tile = torch.empty(rows * c, dtype=acc, device=dev)               # per chunk (small tiles cost thread syncs)
+    # softplus scratch: a quarter of the block, 4 calls per chunk (small tiles cost thread syncs)
+    rows = -(-n // 4)
+    tile = torch.empty(rows * c, dtype=acc, device=dev)
     dzimg, dztxt = torch.zeros(zimg.shape, dtype=acc, device=dev), torch.empty(ztxt.shape, dtype=acc, device=dev)
     gy = torch.empty(zimg.shape, dtype=acc, device=dev) if low else None   # one chunk's G Y, added to dzimg
     loss, dbias, bias_t = (torch.full((), v, dtype=acc, device=dev) for v in (0., 0., b))   # no host-to-device copies
@@ -94,7 +95,8 @@ class _ChunkedSigmoidLoss(torch.autograd.Function):
     def forward(ctx, zimg, ztxt, scale, bias, chunk_size, t, b):   # t, b: scale and bias, already read as floats
         with no_autocast(zimg): loss, *grads = sigmoid_block_loss_and_grads(zimg, ztxt, t, b, True, chunk_size)
         n = zimg.shape[0]
-        ctx.like = [v if isinstance(v, Tensor) else None for v in (scale, bias)]   # gradients take their shape and dtype
+        # gradients take their shape and dtype
+        ctx.like = [v if isinstance(v, Tensor) else None for v in (scale, bias)]
         ctx.dtypes = zimg.dtype, ztxt.dtype
         ctx.save_for_backward(*(g.div_(n) for g in grads))   # in place: no second copy
         return loss / n

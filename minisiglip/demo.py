@@ -36,7 +36,8 @@ def plot_zero_shot(acc: dict[str, float], ax=None):
     import matplotlib.pyplot as plt
     if ax is None: _, ax = plt.subplots(figsize=(6, 3.5), dpi=80)
     acc = {k: v for k, v in acc.items() if v is not None}
-    bars = ax.bar([k.replace('_', '\n') for k in acc], [100 * v for v in acc.values()], color='tab:blue')   # a word per line, so six labels fit side by side
+    # a word per line, so six labels fit side by side
+    bars = ax.bar([k.replace('_', '\n') for k in acc], [100 * v for v in acc.values()], color='tab:blue')
     ax.bar_label(bars, fmt='%.0f'); ax.set_ylim(0, 105)
     ax.set_ylabel('accuracy (%)'); ax.set_title('zero-shot classification on validation scenes')
     return ax
@@ -62,8 +63,10 @@ def demo(cfg: TrainConfig = DEMO_CONFIG, n_eval: int = 1000) -> dict:
     pairs, write `metrics.json` and plots beside the checkpoint; returns the metrics."""
     out = Path(cfg.out_dir); out.mkdir(parents=True, exist_ok=True)
     old = list(out.glob(f'{CKPT_PREFIX}*'))
-    if old and not (out / 'metrics.json').is_file():                 # only a folder an earlier demo wrote is the demo's to replace
-        raise FileExistsError(f"{out} holds checkpoints but no metrics.json: not a demo run folder; choose another --out")
+    # only a folder an earlier demo wrote is the demo's to replace
+    if old and not (out / 'metrics.json').is_file():
+        raise FileExistsError(f"{out} holds checkpoints but no metrics.json: not a demo run folder; "
+                              "choose another --out")
     for ckpt in old: shutil.rmtree(ckpt)
     t0 = time.perf_counter()
     _, state = train(cfg)
@@ -107,7 +110,8 @@ def report(metrics: dict) -> str:
     return (f"trained {metrics['steps']} steps in {metrics['train_s']:.0f} s (total {metrics['wall_s']:.0f} s), "
             f"final loss {metrics['final_loss']:.3f}, t {metrics['final_t']:.1f}, b {metrics['final_b']:.2f}\n"
             f"zero-shot: {zs}\n"
-            f"retrieval among {r['n']}: i2t R@1/5/10 {100 * r['i2t_r1']:.1f}/{100 * r['i2t_r5']:.1f}/{100 * r['i2t_r10']:.1f}%, "
+            f"retrieval among {r['n']}: "
+            f"i2t R@1/5/10 {100 * r['i2t_r1']:.1f}/{100 * r['i2t_r5']:.1f}/{100 * r['i2t_r10']:.1f}%, "
             f"t2i R@1/5/10 {100 * r['t2i_r1']:.1f}/{100 * r['t2i_r5']:.1f}/{100 * r['t2i_r10']:.1f}%")
 
 # %% ../nbs/06a_demo.ipynb #bc6e7aea

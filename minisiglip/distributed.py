@@ -40,13 +40,15 @@ def _world(group: dist.ProcessGroup | None) -> tuple[int, int]:
 # %% ../nbs/02_distributed.ipynb #318db243
 @dataclass
 class CommStats:
-    "What this rank sent: bytes and communication steps. Pass one to a loss to fill it (the ring counts its messages' `nbytes`)."
+    """What this rank sent: bytes and communication steps. Pass one to a loss to fill it (the ring counts its messages'
+    `nbytes`)."""
     bytes_sent: int = 0
     steps: int = 0
 
 # %% ../nbs/02_distributed.ipynb #84a1ab69
 def _post(ops: list[tuple[Callable, Tensor, int, int, str]], what: str, group, stats: CommStats | None) -> list:
-    "Start `(isend|irecv, tensor, group_rank, tag, description)` ops together; return `(work, description, tensor)` to wait on."
+    """Start `(isend|irecv, tensor, group_rank, tag, description)` ops together; return `(work, description, tensor)`
+    to wait on."""
     if not ops: return []
     p2p = [dist.P2POp(op, t, r if group is None else dist.get_global_rank(group, r), group=group, tag=tag)
            for op, t, r, tag, _ in ops]
@@ -58,7 +60,8 @@ def _post(ops: list[tuple[Callable, Tensor, int, int, str]], what: str, group, s
     return [(w, every, ops[0][1]) for w in works]
 
 def _wait(pending: list, what: str, timeout_s: float) -> None:
-    "Wait for every op in `pending` for at most `timeout_s` each; a dead or stuck peer raises a RuntimeError naming `what`."
+    """Wait for every op in `pending` for at most `timeout_s` each; a dead or stuck peer raises a RuntimeError naming
+    `what`."""
     for work, desc, t in pending:
         try: ok = work.wait() if t.is_cuda else work.wait(timedelta(seconds=timeout_s))   # NCCL: no host block
         except Exception as e:
@@ -468,4 +471,5 @@ def run_distributed(args: argparse.Namespace) -> int:
 
 # %% ../nbs/02_distributed.ipynb #505512f8
 if __name__ == '__main__' and '__file__' in globals():   # not when a notebook runs this cell
-    raise SystemExit(run_distributed(add_distributed_args(argparse.ArgumentParser(prog='python -m minisiglip.distributed')).parse_args()))
+    raise SystemExit(run_distributed(
+        add_distributed_args(argparse.ArgumentParser(prog='python -m minisiglip.distributed')).parse_args()))

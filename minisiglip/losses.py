@@ -49,7 +49,8 @@ def check_scale_bias(scale: Tensor | float, bias: Tensor | float | None = None) 
         t = torch.as_tensor(v)
         if t.numel() != 1: raise ValueError(f"{name} must be a scalar, got shape {tuple(t.shape)}")
         if not torch.isfinite(t).all(): raise ValueError(f"{name} must be finite, got {t.item()}")
-    if torch.as_tensor(scale).item() <= 0: raise ValueError(f"scale must be positive (it is t = exp(t')), got {float(scale)}")
+    if torch.as_tensor(scale).item() <= 0: raise ValueError(f"scale must be positive (it is t = exp(t')), got "
+                                                            f"{float(scale)}")
 
 # %% ../nbs/00_losses.ipynb #6ef531c3
 def read_loss_inputs(zimg: Tensor, ztxt: Tensor, scale: Tensor | float,
@@ -191,13 +192,15 @@ def softmax_loss(zimg: Tensor, ztxt: Tensor, scale: Tensor | float) -> Tensor:
 def _check_logits(logits: Tensor) -> None:
     "Raise `ValueError` unless `logits` is a finite floating-point square (n, n) matrix."
     if not isinstance(logits, Tensor) or logits.ndim != 2 or logits.shape[0] != logits.shape[1] or logits.shape[0] == 0:
-        raise ValueError(f"logits must be a non-empty square (n, n) tensor, got {getattr(logits, 'shape', type(logits).__name__)}")
+        raise ValueError(f"logits must be a non-empty square (n, n) tensor, got "
+                         f"{getattr(logits, 'shape', type(logits).__name__)}")
     if not logits.is_floating_point(): raise ValueError(f"logits must be floating-point, got dtype {logits.dtype}")
     if not torch.isfinite(logits).all(): raise ValueError("logits contain NaN or inf values")
 
 # %% ../nbs/00_losses.ipynb #91c3ccca
 def sigmoid_logit_grad(logits: Tensor) -> Tensor:
-    "dL/dlogits of `sigmoid_loss`, by hand: `-z_ij * sigmoid(-z_ij * logit_ij) / n`. Local per pair: what chunked losses rely on."
+    """dL/dlogits of `sigmoid_loss`, by hand: `-z_ij * sigmoid(-z_ij * logit_ij) / n`. Local per pair: what chunked
+    losses rely on."""
     _check_logits(logits)
     z = _labels(len(logits), logits)
     return -z * torch.sigmoid(-z * logits) / len(logits)
@@ -210,10 +213,13 @@ def softmax_logit_grad(logits: Tensor) -> Tensor:
     return (logits.softmax(dim=1) + logits.softmax(dim=0) - 2 * eye) / (2 * n)
 
 # %% ../nbs/00_losses.ipynb #5ff3af2e
-def logit_grad_to_inputs(grad_logits: Tensor, zimg: Tensor, ztxt: Tensor, scale: Tensor | float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    "Chain rule from G = dL/dlogits (logits = scale * zimg @ ztxt.T + bias) to `(dL/dzimg, dL/dztxt, dL/dscale, dL/dbias)`."
+def logit_grad_to_inputs(grad_logits: Tensor, zimg: Tensor, ztxt: Tensor,
+                         scale: Tensor | float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Chain rule from G = dL/dlogits (logits = scale * zimg @ ztxt.T + bias) to
+    `(dL/dzimg, dL/dztxt, dL/dscale, dL/dbias)`."""
     check_embeddings(zimg, ztxt); check_scale_bias(scale); _check_logits(grad_logits)
-    if len(grad_logits) != len(zimg): raise ValueError(f"grad_logits is {tuple(grad_logits.shape)} but the batch has n={len(zimg)}")
+    if len(grad_logits) != len(zimg): raise ValueError(f"grad_logits is {tuple(grad_logits.shape)} but the batch "
+                                                       f"has n={len(zimg)}")
     return (scale * grad_logits @ ztxt, scale * grad_logits.T @ zimg,
             (grad_logits * (zimg @ ztxt.T)).sum(), grad_logits.sum())
 
@@ -221,17 +227,21 @@ def logit_grad_to_inputs(grad_logits: Tensor, zimg: Tensor, ztxt: Tensor, scale:
 def markdown_table(header: list[str], rows: list[tuple]) -> str:
     "A Markdown pipe table; floats shown with 4 significant digits."
     fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)
-    return '\n'.join(['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)] + ['| ' + ' | '.join(map(fmt, r)) + ' |' for r in rows])
+    return '\n'.join(['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
+                     + ['| ' + ' | '.join(map(fmt, r)) + ' |' for r in rows])
 
 # %% ../nbs/00_losses.ipynb #6ddbb101
 def prior_bias(n: int) -> float:
-    "The bias b = log(p / (1 - p)) with p = 1/n, i.e. -log(n - 1): matches the prior that a random pair is positive, minimises the loss at zero cosines, and balances the gradient of positives and negatives."
-    if not isinstance(n, int) or n < 2: raise ValueError(f"n must be an integer >= 2 (a batch with at least one negative), got {n!r}")
+    """The bias b = log(p / (1 - p)) with p = 1/n, i.e. -log(n - 1): matches the prior that a random pair is positive,
+    minimises the loss at zero cosines, and balances the gradient of positives and negatives."""
+    if not isinstance(n, int) or n < 2: raise ValueError(f"n must be an integer >= 2 (a batch with at least one "
+                                                         f"negative), got {n!r}")
     return math.log((1 / n) / (1 - 1 / n))
 
 # %% ../nbs/00_losses.ipynb #4845f38d
 class ScaleBias(nn.Module):
-    "Learnable SigLIP temperature t = exp(t') and bias b; returns `(scale, bias)`. Defaults: the paper's t'=log 10, b=-10."
+    """Learnable SigLIP temperature t = exp(t') and bias b; returns `(scale, bias)`. Defaults: the paper's t'=log 10,
+    b=-10."""
     def __init__(self, init_scale: float = 10., init_bias: float = -10.):
         super().__init__()
         if init_scale <= 0: raise ValueError(f"init_scale must be positive, got {init_scale}")
@@ -243,7 +253,8 @@ class ScaleBias(nn.Module):
 # %% ../nbs/00_losses.ipynb #823b9d6c
 MASK_STRATEGIES = ('random', 'hard', 'easy', 'hard_per_image')
 
-def negative_mask(logits: Tensor, keep_ratio: float, strategy: str = 'random', generator: torch.Generator | None = None) -> Tensor:
+def negative_mask(logits: Tensor, keep_ratio: float, strategy: str = 'random',
+                  generator: torch.Generator | None = None) -> Tensor:
     """Boolean (n, n) mask of the pairs to keep: all positives plus round(keep_ratio * (n^2 - n)) negatives of the
     batch, chosen at random, hardest (highest logits) or easiest (lowest); or, for 'hard_per_image', each image's own
     round(keep_ratio * (n - 1)) hardest texts."""
@@ -265,7 +276,8 @@ def negative_mask(logits: Tensor, keep_ratio: float, strategy: str = 'random', g
 # %% ../nbs/00_losses.ipynb #4b2dc5c6
 def masked_sigmoid_loss(zimg: Tensor, ztxt: Tensor, scale: Tensor | float, bias: Tensor | float, keep_ratio: float,
                         strategy: str = 'random', generator: torch.Generator | None = None) -> Tensor:
-    "`sigmoid_loss` over the positives and a `keep_ratio` of the negatives (see `negative_mask`), still divided by n: equals `sigmoid_loss` at ratio 1."
+    """`sigmoid_loss` over the positives and a `keep_ratio` of the negatives (see `negative_mask`), still divided by n:
+    equals `sigmoid_loss` at ratio 1."""
     read_loss_inputs(zimg, ztxt, scale, bias)
     # float32 logits under autocast, as every loss
     with no_autocast(zimg):
@@ -297,7 +309,8 @@ def peak_bytes(fn: Callable[[], object], device: torch.device | str | None = Non
     try: fn()
     finally:
         with _quiet_fd2(): prof.stop()
-    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == '[memory]'), key=lambda e: e.start_ns())
+    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == '[memory]'),
+                    key=lambda e: e.start_ns())
     return max(itertools.accumulate((e.nbytes() for e in events), initial=0))
 
 # %% ../nbs/00_losses.ipynb #d4609a5f
@@ -308,18 +321,21 @@ def _positive_int(s: str) -> int:
     return v
 
 def add_losses_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    "Flags of `minisiglip losses`: batch size, embedding width, seed and timing repeats (defaults run in about a second)."
+    """Flags of `minisiglip losses`: batch size, embedding width, seed and timing repeats (defaults run in about a
+    second)."""
     parser.add_argument('--n', type=_positive_int, default=256, help='pairs in the batch (default 256)')
     parser.add_argument('--d', type=_positive_int, default=64, help='embedding width (default 64)')
     parser.add_argument('--seed', type=int, default=0, help='seed of the random embeddings (default 0)')
-    parser.add_argument('--repeats', type=_positive_int, default=5, help='timed forward+backward runs; the median is shown (default 5)')
+    parser.add_argument('--repeats', type=_positive_int, default=5,
+                        help='timed forward+backward runs; the median is shown (default 5)')
     return parser
 
 # %% ../nbs/00_losses.ipynb #64559f27
 CLIP_INIT_SCALE = 1 / 0.07   # CLIP's initial temperature (Radford et al. 2021)
 
 def run_losses(args: argparse.Namespace) -> int:
-    "Print a table of both losses at their papers' inits on one random normalised batch: value, gradient norms, median forward+backward time."
+    """Print a table of both losses at their papers' inits on one random normalised batch: value, gradient norms, median
+    forward+backward time."""
     g = torch.Generator().manual_seed(args.seed)
     zimg, ztxt = (F.normalize(torch.randn(args.n, args.d, generator=g), dim=-1) for _ in range(2))
     cases = [('sigmoid (t=10, b=-10)', lambda x, y: sigmoid_loss(x, y, 10., -10.)),
@@ -329,9 +345,12 @@ def run_losses(args: argparse.Namespace) -> int:
         times = []
         for _ in range(args.repeats + 1):                             # the first run warms up and is not timed
             x, y = zimg.clone().requires_grad_(), ztxt.clone().requires_grad_()
-            start = time.perf_counter(); loss = loss_fn(x, y); loss.backward(); times.append(time.perf_counter() - start)
-        rows.append((name, f'{loss.item():.4f}', f'{x.grad.norm():.3e}', f'{y.grad.norm():.3e}', f'{1e3 * statistics.median(times[1:]):.2f}'))
-    print(f'random normalised batch: n={args.n}, d={args.d}, seed={args.seed}, float32, {torch.get_num_threads()} threads')
+            start = time.perf_counter(); loss = loss_fn(x, y); loss.backward()
+            times.append(time.perf_counter() - start)
+        rows.append((name, f'{loss.item():.4f}', f'{x.grad.norm():.3e}', f'{y.grad.norm():.3e}',
+                     f'{1e3 * statistics.median(times[1:]):.2f}'))
+    print(f'random normalised batch: n={args.n}, d={args.d}, seed={args.seed}, float32, '
+          f'{torch.get_num_threads()} threads')
     header = ['loss', 'value', 'norm dL/dzimg', 'norm dL/dztxt', f'fwd+bwd ms (median of {args.repeats})']
     print(markdown_table(header, rows))
     return 0

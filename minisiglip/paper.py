@@ -172,7 +172,8 @@ def combine(parts: list[int]) -> str:
 # %% ../nbs/09_paper.ipynb #6e79f214
 def r1s(arm: list[dict], key: str = 'r1') -> list[float]: return [r[key] for r in arm]
 
-INIT_NAMES = {'': 'b = −10', ', b = prior': 'b = −log(n − 1)'}   # claim 1's sigmoid arms: the arm suffix, the init
+# claim 1's sigmoid arms: the arm suffix, the init
+INIT_NAMES = {'': 'b = −10', ', b = prior': 'b = −log(n − 1)'}
 
 def claim_batch(arms: dict[str, list[dict]]) -> dict:
     """Claim 1 for each bias init of the sigmoid arms: sigmoid beats softmax at the two smallest batches (and the gap
@@ -186,10 +187,12 @@ def claim_batch(arms: dict[str, list[dict]]) -> dict:
     return dict(verdict='; '.join(f"{v['verdict']} with {init}" for init, v in by_init.items()), by_init=by_init)
 
 def claim_bias(arms: dict[str, list[dict]]) -> dict:
-    "Claim 2: t=10, b=-10 beats both b=0 inits; beside it, the prior of the batch against b=-10 (not the paper's claim)."
+    """Claim 2: t=10, b=-10 beats both b=0 inits; beside it, the prior of the batch against b=-10 (not the paper's
+    claim)."""
     paper = 't=10, b=-10'
     vs = {o: compare(r1s(arms[paper]), r1s(arms[o])) for o in ('t=10, b=0', 't=1, b=0')}
-    return dict(verdict=combine(list(vs.values())), vs=vs, prior_vs_paper=compare(r1s(arms['t=10, b=prior']), r1s(arms[paper])))
+    return dict(verdict=combine(list(vs.values())), vs=vs,
+                prior_vs_paper=compare(r1s(arms['t=10, b=prior']), r1s(arms[paper])))
 
 def claim_masking(arms: dict[str, list[dict]]) -> dict:
     "Claim 3, in four parts; the per-image hard variant is compared with the global one but is not part of the claim."

@@ -28,7 +28,8 @@ __all__ = ['LESSON_BASE', 'LESSON_TRAIN', 'LR_LADDER', 'FIRST_FACTORS', 'SEEDS',
 # %% ../nbs/08a_vlm_lessons.ipynb #99ac142e
 LESSON_BASE = VLMConfig()   # what every arm changes: frozen tower, pixel shuffle r = 2, prefix fusion, 2 LM blocks
 LESSON_TRAIN = VLMTrainConfig(steps=1200, warmup_steps=50)   # where the base arm has (nearly) stopped changing
-LR_LADDER = (0.25, 0.5, 1., 2., 4., 8.)   # factors on LESSON_TRAIN's learning rates (LM 1e-3, connector 2e-3, tower 3e-4)
+# factors on LESSON_TRAIN's learning rates (LM 1e-3, connector 2e-3, tower 3e-4)
+LR_LADDER = (0.25, 0.5, 1., 2., 4., 8.)
 FIRST_FACTORS = (0.5, 1., 2.)             # every arm's first grid, on seed 0
 SEEDS, MORE_SEEDS = (0, 1, 2), (3, 4)     # the first picks each arm's factor; more seeds where a claim is close
 CLOSE = 0.03                # a claim's arms within this on some seed (test `seen`, or its split) get MORE_SEEDS
@@ -44,7 +45,8 @@ ARMS = {                    # name: overrides of LESSON_BASE (fields of VLMConfi
     'mlp': dict(connector='mlp'),                                  # 64 tokens: every patch, an MLP
     'perceiver 64': dict(connector='perceiver', mp_latents=64),    # 64 learned latents
     'perceiver 4': dict(connector='perceiver', mp_latents=4),
-    'cross-attn': dict(fusion='cross_attention'),                  # 2 gated cross-attention blocks beside the 2 LM blocks
+    # 2 gated cross-attention blocks beside the 2 LM blocks
+    'cross-attn': dict(fusion='cross_attention'),
     'prefix, 4 LM blocks': dict(lm_depth=4),                       # as many extra blocks, in the prefix LM
     'random tower': dict(random_tower=True),
     'softmax tower': dict(tower='softmax'),
@@ -180,8 +182,8 @@ CLAIMS = [
           'pixel shuffle (base)', untested=PRETRAINED_LM),
     Claim('fusion × mode', 'tower frozen, LM trained: cross-attention beats a prefix LM with as many extra blocks', '',
           'cross-attn', 'prefix, 4 LM blocks'),
-    Claim('splitting', 'image splitting helps questions that need detail', 'TextVQA 70.4 → 73.0, DocVQA 67.3 → 74.0',
-          'split image', 'pixel shuffle (base)', untested=NO_NEW_PIXELS),
+    Claim('splitting', 'image splitting helps questions that need detail',
+          'TextVQA 70.4 → 73.0, DocVQA 67.3 → 74.0', 'split image', 'pixel shuffle (base)', untested=NO_NEW_PIXELS),
     Claim('tower', 'a trained vision encoder beats a random one', 'a stronger backbone gives a stronger VLM',
           'pixel shuffle (base)', 'random tower'),
     Claim('tower', 'the trained tower helps on unseen colour–shape pairs too', '', 'pixel shuffle (base)',
@@ -232,7 +234,8 @@ def lesson_table(rows: list[dict], arms: list[str]) -> str:
         params = f"{ok[0]['params_trained'] / 1e3:.0f}k" if ok else '–'
         lines.append(f"| {arm} | {ok[0]['visual_tokens'] if ok else '–'} | {params} | {runs[0]['lr_scale']:g} | "
                      f"{train_seconds(rows, arm):.0f} | {_spread(arm_scores(rows, arm))} | "
-                     f"{_spread(arm_scores(rows, arm, 'held_out'))} | {_spread(arm_scores(rows, arm, 'held_out_controls'))}"
+                     f"{_spread(arm_scores(rows, arm, 'held_out'))} | "
+                     f"{_spread(arm_scores(rows, arm, 'held_out_controls'))}"
                      f" | {fam} | {len(runs) - len(ok)} of {len(runs)} |")
     return '\n'.join(lines)
 
