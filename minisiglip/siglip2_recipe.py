@@ -15,7 +15,7 @@ from .model import ViT, SigLIP
 
 # %% auto #0
 __all__ = ['make_teacher', 'ema_update', 'crop_corners', 'crop_resize', 'views', 'feature_distance', 'silc_loss', 'patch_mask',
-           'masked_tokens', 'tips_loss', 'DistillConfig', 'pool', 'Distiller']
+           'masked_tokens', 'tips_loss', 'DistillConfig', 'pool', 'Distiller', 'distill_config', 'add_distiller']
 
 # %% ../nbs/09d_siglip2_recipe.ipynb #c30a760d
 def make_teacher(student: nn.Module) -> nn.Module:
@@ -50,7 +50,7 @@ def crop_resize(images: Tensor, corners: Tensor, side: int) -> Tensor:
     return crops if side == S else F.interpolate(crops, size=(S, S), mode='bilinear', align_corners=False)
 
 def views(images: Tensor, n_views: int, side_frac: float, generator: torch.Generator | None = None) -> Tensor:
-    "`n_views` random square crops of side `side_frac` of each image, resized back: `(n_views * B, C, S, S)`, view-major."
+    "`n_views` random square crops of side `side_frac` of each image, resized back: `(n_views * B, C, S, S)`."
     B, S = len(images), images.shape[-1]
     side = max(1, round(side_frac * S))
     corners = crop_corners(n_views * B, side, S, generator)
@@ -78,7 +78,7 @@ def patch_mask(n: int, length: int, ratio: float, generator: torch.Generator | N
     return torch.zeros(n, length, dtype=torch.bool).scatter_(1, order[:, :k], True)
 
 def masked_tokens(vit: ViT, images: Tensor, mask: Tensor, mask_token: Tensor) -> Tensor:
-    "`vit`'s final tokens `(B, L, width)` of `images` with the patch embeddings at `mask` `(B, L)` replaced by `mask_token`."
+    "`vit`'s final tokens `(B, L, width)` of `images`, the patch embeddings at `mask` `(B, L)` swapped for `mask_token`."
     x = torch.where(mask[..., None], mask_token + vit.pos, vit.embed(images))   # the position stays: e_mask + p_j
     return vit.encoder.tokens(x)
 
@@ -109,7 +109,8 @@ class DistillConfig:
             raise ValueError("global_views and local_views must be >= 1 and start >= 0, got "
                              f"{self.global_views}, {self.local_views}, {self.start}")
         for name in ('global_side', 'local_side', 'mask_ratio'):
-            if not 0 < getattr(self, name) <= 1: raise ValueError(f"{name} must be in (0, 1], got {getattr(self, name)}")
+            value = getattr(self, name)
+            if not 0 < value <= 1: raise ValueError(f"{name} must be in (0, 1], got {value}")
         if not 0 <= self.momentum <= 1: raise ValueError(f"momentum must be in [0, 1], got {self.momentum}")
 
 def pool(vit: ViT, tokens: Tensor) -> Tensor:
@@ -146,3 +147,24 @@ class Distiller(nn.Module):
     def after_step(self, model: SigLIP) -> None:
         "Move the teacher toward the student's image tower (`ema_update`): after every optimizer step."
         ema_update(self.teacher, model.image, self.cfg.momentum)
+
+# %% ../nbs/09d_siglip2_recipe.ipynb #643f7356
+def distill_config(cfg) -> DistillConfig | None:
+    """The `DistillConfig` that a `TrainConfig`'s `silc`/`tips` fields ask for, or None when both are off; the
+    losses switch on at step `round(ssl_start * steps)`."""
+    if not 0 <= cfg.ssl_start <= 1: raise ValueError(f"ssl_start must be in [0, 1], got {cfg.ssl_start}")
+    if not (cfg.silc or cfg.tips): return None
+    return DistillConfig(silc=cfg.silc_weight if cfg.silc else 0., tips=cfg.tips_weight if cfg.tips else 0.,
+                         start=round(cfg.ssl_start * cfg.steps), global_views=cfg.ssl_global_views,
+                         local_views=cfg.ssl_local_views, momentum=cfg.ema_momentum, seed=cfg.seed)
+
+def add_distiller(cfg, model: SigLIP, optimizer: torch.optim.Optimizer, world: int = 1) -> Distiller | None:
+    """The `Distiller` a training config asks for, beside `model` on its device, with its mask token added to
+    `optimizer` (no weight decay); None without `silc` or `tips`."""
+    dcfg = distill_config(cfg)
+    if dcfg is None: return None
+    if world > 1: raise ValueError("--silc/--tips train in one process: under torchrun the student's extra views "
+                                   "would bypass DistributedDataParallel's gradient averaging")
+    distiller = Distiller(model.image, dcfg).to(model.logit.bias.device)
+    optimizer.add_param_group(dict(params=[distiller.mask_token], weight_decay=0., lr_mult=1.))
+    return distiller
