@@ -112,7 +112,7 @@ class TrainConfig:
     silc_weight: float = 1.       # weight of the SILC loss (the source's 1)
     tips: bool = False            # masked prediction: masked patches' tokens match the teacher's
     tips_weight: float = 0.25     # weight of the TIPS loss (the source's 0.25)
-    ssl_start: float = 0.8        # the fraction of the steps after which SILC/TIPS count (the source's 80%)
+    ssl_start: float = 0.8        # the fraction of the steps after which SILC/TIPS count (the source's 0.8)
     ssl_global_views: int = 1     # teacher (global) views per image for SILC/TIPS (the source's 1)
     ssl_local_views: int = 8      # student (local) views per image for SILC (the source's 8)
     ema_momentum: float = 0.99    # the teacher's EMA momentum (a half-life of ~69 steps)
