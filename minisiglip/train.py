@@ -29,7 +29,7 @@ from .model import SigLIP, SigLIPConfig
 from .checkpoint import (CKPT_PREFIX, save_checkpoint, checkpoints, latest_checkpoint, read_state,
                                    read_tensors, load_weights, optimizer_state, rng_to_text, rng_from_text)
 from .hf import SigLIPTokenizer, load_siglip, hf_image_size
-from .siglip2_recipe import distill_config, add_distiller
+from .siglip2_recipe import check_recipe, add_recipe
 
 # %% auto #0
 __all__ = ['LOSSES', 'NOISE_KINDS', 'PRECISIONS', 'RINGS', 'SCHEDULES', 'RUN_ONLY', 'STEP_STATS', 'AUTOCAST', 'LEGACY', 'READS',
@@ -107,7 +107,7 @@ class TrainConfig:
     timeout: float = 600.         # seconds a rank waits for its peers (evaluation, checkpoints) before failing
     compile: bool = False         # torch.compile each tower's transformer trunk (the input checks stay eager)
     out_dir: str = 'runs/train'   # where checkpoints go
-    # SigLIP 2's self-supervised losses on the image tower, with an EMA teacher (09d_siglip2_recipe)
+    # SigLIP 2's losses beside the sigmoid one (09d_siglip2_recipe): self-supervised with an EMA teacher, LocCa
     silc: bool = False            # local-to-global consistency: local crops' features match the teacher's whole image
     silc_weight: float = 1.       # weight of the SILC loss (the source's 1)
     tips: bool = False            # masked prediction: masked patches' tokens match the teacher's
@@ -116,6 +116,8 @@ class TrainConfig:
     ssl_global_views: int = 1     # teacher (global) views per image for SILC/TIPS (the source's 1)
     ssl_local_views: int = 8      # student (local) views per image for SILC (the source's 8)
     ema_momentum: float = 0.99    # the teacher's EMA momentum (a half-life of ~69 steps)
+    locca: bool = False           # SigLIP 2's LocCa: a decoder on the image tokens captions, refers, grounds (09d)
+    locca_weight: float = 1.      # weight of the LocCa loss (the source's equal weight: 1)
 
     def __post_init__(self):
         if self.loss not in LOSSES: raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
@@ -137,7 +139,7 @@ class TrainConfig:
         if self.timeout <= 0: raise ValueError(f"timeout must be positive, got {self.timeout}")
         if self.init_hf and self.init_image:
             raise ValueError("init_hf and init_image both give the image tower: choose one")
-        distill_config(self)                                           # --silc/--tips settings, checked now
+        check_recipe(self)                                             # --silc/--tips/--locca settings, checked now
 
 # %% ../nbs/05_train.ipynb #dc2be77a
 def lr_at(step: int, cfg) -> float:
@@ -401,7 +403,7 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn, imag
     `pos`itive and `neg`ative logits. Two host syncs (`StepReads`): one before the loss, one for the
     statistics. A hook `aux` adds losses on the model: `aux.losses(model, images, step)` gives named loss
     tensors added to the loss (and returned by name), `aux.after_step(model)` runs after the update (SigLIP 2's
-    SILC/TIPS, `siglip2_recipe.Distiller`)."""
+    SILC, TIPS and LocCa, `siglip2_recipe.Recipe`)."""
     if precision not in ('fp32', 'tf32', *AUTOCAST):              # 'auto': `train` decides it first
         raise ValueError(f"train_step takes 'fp32', 'tf32' or one of {tuple(AUTOCAST)}, got {precision!r}")
     for group in optimizer.param_groups: group['lr'] = lr * group.get('lr_mult', 1.)
@@ -566,7 +568,8 @@ def _train(cfg: TrainConfig, resume: bool, stop_at: int | None, rank: int, world
         raise ValueError(f"batch_size {cfg.batch_size} exceeds the {len(train_ds)} training pairs of {cfg.data!r}")
     model = fail_together('building the model', lambda: build_model(cfg, tok)).to(device).train()
     optimizer = make_optimizer(model, cfg)
-    aux = add_distiller(cfg, model, optimizer, world)               # --silc/--tips (09d): a teacher, or None
+    order = lambda step: batch_indices(cfg.seed, step, len(train_ds), cfg.batch_size, rank, world, cfg.drop_last)
+    aux = add_recipe(cfg, model, optimizer, world, train_ds, tok, order)   # SigLIP 2's parts (09d), or None
     if cfg.compile: compile_towers(model)
     state = {'step': 0, 'config': dataclasses.asdict(cfg), 'model_config': dataclasses.asdict(model.cfg),
              'tokenizer': tok.to_dict(), 'data': data_info,
@@ -578,7 +581,7 @@ def _train(cfg: TrainConfig, resume: bool, stop_at: int | None, rank: int, world
     if ckpt is not None:
         state = fail_together(f'resuming from {ckpt.name}',
                               lambda: resume_state(ckpt, state, model, optimizer, scaler, rank, world))
-        if aux is not None: load_weights(aux, ckpt / 'distill.safetensors')   # the teacher and the mask token
+        if aux is not None: load_weights(aux, ckpt / 'recipe.safetensors')   # teacher, mask token, decoder
     else: torch.manual_seed(cfg.seed * 1_000_003 + rank)  # per-rank stream for any randomness in training
     net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None) if world > 1 else model
     val_images, val_tokens = get_batch(val_ds, tok, torch.arange(min(len(val_ds), cfg.batch_size)), device)
@@ -614,7 +617,7 @@ def _train(cfg: TrainConfig, resume: bool, stop_at: int | None, rank: int, world
             rng = gather_rng(world, device)                          # a collective: every rank takes part
             if scaler is not None: state['scaler'] = scaler.state_dict()   # the same on every rank: one read
             save = lambda: save_checkpoint(cfg.out_dir, model, optimizer, {**state, 'rng': rng},
-                                           modules=None if aux is None else {'distill': aux})
+                                           modules=None if aux is None else {'recipe': aux})
             fail_together(f'saving the checkpoint of step {done}', save, rank == 0)
     bar.close()
     if rank == 0 and undecodable:
