@@ -52,14 +52,17 @@ def rng_from_text(text: str) -> Tensor:
 CKPT_PREFIX = 'ckpt_'
 
 def save_checkpoint(out_dir: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict,
-                    keep: int = 2) -> Path:
-    "Write `ckpt_<step>/` atomically (temp folder + `os.replace`), then keep only the `keep` newest; returns its path."
+                    keep: int = 2, modules: dict[str, nn.Module] | None = None) -> Path:
+    """Write `ckpt_<step>/` atomically (temp folder + `os.replace`), then keep only the `keep` newest; returns its path.
+    `modules` are saved beside the model as `<name>.safetensors`: training state that is not the model (an EMA
+    teacher, `09d_siglip2_recipe`), in the same atomic folder."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix='.tmp_', dir=out_dir))
     try:
         tensors, groups = optimizer_tensors(optimizer)
         save_model(model, str(tmp / 'model.safetensors'))
+        for name, module in (modules or {}).items(): save_model(module, str(tmp / f'{name}.safetensors'))
         save_file(tensors, str(tmp / 'optimizer.safetensors'))
         (tmp / 'state.json').write_text(json.dumps({**state, 'optimizer_param_groups': groups}))
         final = out_dir / f"{CKPT_PREFIX}{state['step']:07d}"

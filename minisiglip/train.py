@@ -29,6 +29,7 @@ from .model import SigLIP, SigLIPConfig
 from .checkpoint import (CKPT_PREFIX, save_checkpoint, checkpoints, latest_checkpoint, read_state,
                                    read_tensors, load_weights, optimizer_state, rng_to_text, rng_from_text)
 from .hf import SigLIPTokenizer, load_siglip, hf_image_size
+from .siglip2_recipe import check_recipe, add_recipe
 
 # %% auto #0
 __all__ = ['LOSSES', 'NOISE_KINDS', 'PRECISIONS', 'RINGS', 'SCHEDULES', 'RUN_ONLY', 'STEP_STATS', 'AUTOCAST', 'LEGACY', 'READS',
@@ -106,6 +107,17 @@ class TrainConfig:
     timeout: float = 600.         # seconds a rank waits for its peers (evaluation, checkpoints) before failing
     compile: bool = False         # torch.compile each tower's transformer trunk (the input checks stay eager)
     out_dir: str = 'runs/train'   # where checkpoints go
+    # SigLIP 2's losses beside the sigmoid one (09d_siglip2_recipe): self-supervised with an EMA teacher, LocCa
+    silc: bool = False            # local-to-global consistency: local crops' features match the teacher's whole image
+    silc_weight: float = 1.       # weight of the SILC loss (the source's 1)
+    tips: bool = False            # masked prediction: masked patches' tokens match the teacher's
+    tips_weight: float = 0.25     # weight of the TIPS loss (the source's 0.25)
+    ssl_start: float = 0.8        # the fraction of the steps after which SILC/TIPS count (the source's 0.8)
+    ssl_global_views: int = 1     # teacher (global) views per image for SILC/TIPS (the source's 1)
+    ssl_local_views: int = 8      # student (local) views per image for SILC (the source's 8)
+    ema_momentum: float = 0.99    # the teacher's EMA momentum (a half-life of ~69 steps)
+    locca: bool = False           # SigLIP 2's LocCa: a decoder on the image tokens captions, refers, grounds (09d)
+    locca_weight: float = 1.      # weight of the LocCa loss (the source's equal weight: 1)
 
     def __post_init__(self):
         if self.loss not in LOSSES: raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
@@ -127,6 +139,7 @@ class TrainConfig:
         if self.timeout <= 0: raise ValueError(f"timeout must be positive, got {self.timeout}")
         if self.init_hf and self.init_image:
             raise ValueError("init_hf and init_image both give the image tower: choose one")
+        check_recipe(self)                                             # --silc/--tips/--locca settings, checked now
 
 # %% ../nbs/05_train.ipynb #dc2be77a
 def lr_at(step: int, cfg) -> float:
@@ -382,19 +395,22 @@ def check_finite(step: int, world: int, **tensors: Tensor) -> None:
 # %% ../nbs/05_train.ipynb #aff9d963
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn, images: Tensor, tokens: Tensor,
                step: int, lr: float, grad_clip: float, world: int = 1, precision: str = 'fp32',
-               scaler: torch.amp.GradScaler | None = None, timeout_s: float = 600.) -> dict[str, float]:
+               scaler: torch.amp.GradScaler | None = None, timeout_s: float = 600., aux=None) -> dict[str, float]:
     """One AdamW step at learning rate `lr` (times each group's `lr_mult`), the towers under autocast for
     `precision` 'bf16'/'fp16' (TF32 products for 'tf32'); raises before updating on NaN/inf, except that
     with a gradient `scaler` (fp16) a step whose gradients overflow is skipped. Returns the full-batch
     `loss`, the `grad_norm`, `t`, `b`, the gradient on b before clipping (0 where b is frozen) and the mean
     `pos`itive and `neg`ative logits. Two host syncs (`StepReads`): one before the loss, one for the
-    statistics."""
+    statistics. A hook `aux` adds losses on the model: `aux.losses(model, images, step)` gives named loss
+    tensors added to the loss (and returned by name), `aux.after_step(model)` runs after the update (SigLIP 2's
+    SILC, TIPS and LocCa, `siglip2_recipe.Recipe`)."""
     if precision not in ('fp32', 'tf32', *AUTOCAST):              # 'auto': `train` decides it first
         raise ValueError(f"train_step takes 'fp32', 'tf32' or one of {tuple(AUTOCAST)}, got {precision!r}")
     for group in optimizer.param_groups: group['lr'] = lr * group.get('lr_mult', 1.)
     with StepReads() as reads, tf32_products(precision == 'tf32'):
         with torch.autocast(images.device.type, dtype=AUTOCAST.get(precision), enabled=precision in AUTOCAST):
             zimg, ztxt, scale, bias = model(images, tokens)           # the text tower queues its token check
+            extra = {} if aux is None else aux.losses(getattr(model, 'module', model), images, step)
         check_finite(step, world, zimg=zimg, ztxt=ztxt, log_t=scale.log(), bias=bias)   # t = 0 diverged too
         # what the ring and all-gathers need
         if world > 1: _check_same_shape(zimg, None, timeout_s, later=True)
@@ -406,23 +422,28 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn, imag
         # the mean over ranks is the full-batch loss
         if world > 1: dist.all_reduce(mean); mean /= world
         optimizer.zero_grad(set_to_none=True)
-        (loss if scaler is None else scaler.scale(loss)).backward()
+        total = loss + sum(extra.values())                            # the mean above is the sigmoid loss alone
+        (total if scaler is None else scaler.scale(total)).backward()
         # true gradients, for clipping and the logged norm
         if scaler is not None: scaler.unscale_(optimizer)
         # b's gradient as the loss gave it, before clipping scales it
         b_grad = torch.zeros_like(bias) if bias.grad is None else bias.grad.detach().clone()
-        gnorm = nn.utils.clip_grad_norm_(model.parameters(), grad_clip or float('inf'))
+        params = [*model.parameters(), *(() if aux is None else aux.parameters())]
+        gnorm = nn.utils.clip_grad_norm_(params, grad_clip or float('inf'))
         stats = torch.stack([mean, gnorm, scale.detach(), bias.detach(), b_grad,
-                             *logit_means(zimg.float(), ztxt.float(), scale, bias)])
-        stats = dict(zip(STEP_STATS, reads.read(stats.float())))     # read 2 of 2, with the backward's checks
+                             *logit_means(zimg.float(), ztxt.float(), scale, bias),
+                             *(v.detach() for v in extra.values())])
+        # read 2 of 2, with the backward's checks
+        stats = dict(zip(STEP_STATS + tuple(extra), reads.read(stats.float())))
     if scaler is not None:         # GradScaler.step's rule (step unless a gradient overflowed), minus a read
         if math.isfinite(stats['grad_norm']): optimizer.step()
         scaler.update()                                               # lowers the scale after an overflow
-        return stats
-    bad = [k for k in ('loss', 'grad_norm') if not math.isfinite(stats[k])]   # equal on every rank: all raise
-    if bad: raise FloatingPointError(f"non-finite {bad[0]} at step {step}; stopped before the optimizer "
-                                     "update (lower lr or raise warmup_steps)")
-    optimizer.step()
+    else:
+        bad = [k for k in ('loss', 'grad_norm') if not math.isfinite(stats[k])]   # equal on every rank: all raise
+        if bad: raise FloatingPointError(f"non-finite {bad[0]} at step {step}; stopped before the optimizer "
+                                         "update (lower lr or raise warmup_steps)")
+        optimizer.step()
+    if aux is not None: aux.after_step(getattr(model, 'module', model))
     return stats
 
 # %% ../nbs/05_train.ipynb #8340dbc0
@@ -546,8 +567,10 @@ def _train(cfg: TrainConfig, resume: bool, stop_at: int | None, rank: int, world
     if cfg.batch_size > len(train_ds):   # no batch of distinct pairs: some pair would be its own negative
         raise ValueError(f"batch_size {cfg.batch_size} exceeds the {len(train_ds)} training pairs of {cfg.data!r}")
     model = fail_together('building the model', lambda: build_model(cfg, tok)).to(device).train()
-    if cfg.compile: compile_towers(model)
     optimizer = make_optimizer(model, cfg)
+    order = lambda step: batch_indices(cfg.seed, step, len(train_ds), cfg.batch_size, rank, world, cfg.drop_last)
+    aux = add_recipe(cfg, model, optimizer, world, train_ds, tok, order)   # SigLIP 2's parts (09d), or None
+    if cfg.compile: compile_towers(model)
     state = {'step': 0, 'config': dataclasses.asdict(cfg), 'model_config': dataclasses.asdict(model.cfg),
              'tokenizer': tok.to_dict(), 'data': data_info,
              'history': {'lr': [], **{k: [] for k in STEP_STATS}, 'val': []}}
@@ -558,6 +581,7 @@ def _train(cfg: TrainConfig, resume: bool, stop_at: int | None, rank: int, world
     if ckpt is not None:
         state = fail_together(f'resuming from {ckpt.name}',
                               lambda: resume_state(ckpt, state, model, optimizer, scaler, rank, world))
+        if aux is not None: load_weights(aux, ckpt / 'recipe.safetensors')   # teacher, mask token, decoder
     else: torch.manual_seed(cfg.seed * 1_000_003 + rank)  # per-rank stream for any randomness in training
     net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None) if world > 1 else model
     val_images, val_tokens = get_batch(val_ds, tok, torch.arange(min(len(val_ds), cfg.batch_size)), device)
@@ -574,7 +598,7 @@ def _train(cfg: TrainConfig, resume: bool, stop_at: int | None, rank: int, world
         if cfg.noise != 'none': images, tokens = corrupt_batch(images, tokens, cfg.noise, cfg.noise_frac, tok)
         lr = lr_at(step, cfg)
         stats = train_step(net, optimizer, loss_fn, images, tokens, step, lr, cfg.grad_clip, world, cfg.precision,
-                           scaler, cfg.timeout)
+                           scaler, cfg.timeout, aux)
         speed.add(len(images) * world, waited, time.perf_counter() - started)
         state['throughput'] = speed.summary()
         postfix.update({'img/s': f"{state['throughput']['images_per_s']:.3g}",
@@ -592,7 +616,8 @@ def _train(cfg: TrainConfig, resume: bool, stop_at: int | None, rank: int, world
         if (cfg.ckpt_every and done % cfg.ckpt_every == 0) or done == stop:
             rng = gather_rng(world, device)                          # a collective: every rank takes part
             if scaler is not None: state['scaler'] = scaler.state_dict()   # the same on every rank: one read
-            save = lambda: save_checkpoint(cfg.out_dir, model, optimizer, {**state, 'rng': rng})
+            save = lambda: save_checkpoint(cfg.out_dir, model, optimizer, {**state, 'rng': rng},
+                                           modules=None if aux is None else {'recipe': aux})
             fail_together(f'saving the checkpoint of step {done}', save, rank == 0)
     bar.close()
     if rank == 0 and undecodable:

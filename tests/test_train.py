@@ -213,3 +213,20 @@ def test_custom_loss_under_two_ranks_is_the_full_batch_loss(runs, tmp_path):
     "A custom loss_fn sees the whole batch under torchrun: the 2-rank run follows the 1-process sigmoid run."
     for losses in spawn(_masked_loss_on_two_ranks, 2, str(tmp_path)):
         assert losses == pytest.approx(history(runs / 'single')['loss'], abs=1e-4)
+
+
+def test_siglip2_recipe_resume_is_exact(tmp_path):
+    """`minisiglip train --silc --tips --locca`, stopped after SILC/TIPS switched on and resumed, reproduces the
+    uninterrupted run: its sigmoid, SILC, TIPS and LocCa losses, and the teacher, mask token and decoder its
+    checkpoint holds."""
+    from minisiglip.checkpoint import latest_checkpoint, read_tensors
+    parts = ['--silc', '--tips', '--locca', '--ssl-start', '0.5', '--ssl-local-views', '2']
+    run(train_cmd(tmp_path / 'whole', *parts))
+    run(train_cmd(tmp_path / 'r', *parts, '--stop-at', '3'))
+    run(train_cmd(tmp_path / 'r', *parts, '--resume'))
+    whole, resumed = history(tmp_path / 'whole'), history(tmp_path / 'r')
+    for k in ('loss', 'silc', 'tips', 'locca'): assert resumed[k] == whole[k], k
+    assert whole['silc'][:2] == [0., 0.] and min(whole['silc'][2:]) > 0        # on from step round(0.5 * 4) = 2
+    saved = [read_tensors(latest_checkpoint(tmp_path / r) / 'recipe.safetensors') for r in ('whole', 'r')]
+    assert saved[0].keys() == saved[1].keys() and any(k.startswith('parts.locca.decoder.') for k in saved[0])
+    for k, v in saved[0].items(): assert v.equal(saved[1][k]), k
