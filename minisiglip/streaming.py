@@ -65,7 +65,8 @@ def index_shard(path: Path) -> list[tuple[Member, str | None]]:
                 stem, _, ext = name.partition('.')
                 samples.setdefault(f'{folder}/{stem}' if folder else stem, {})[ext.lower()] = m
             end = tar.offset
-    except tarfile.TarError as e: raise ValueError(f"shard {path} is not a readable tar file: {e}") from None
+    except tarfile.TarError as e:
+        raise ValueError(f"shard {path} is truncated or damaged, not a readable tar file ({e}): write it again") from None
     with open(path, 'rb') as f:
         f.seek(end)
         if f.read(1024) != bytes(1024):
