@@ -94,7 +94,7 @@ class TrainConfig:
     prefetch: int = 2             # batches each worker decodes ahead of the step that needs them
     cache: bool = False           # decode your images once, into a uint8 memory-mapped file in out_dir/decoded
                                   # (03b): later epochs copy instead of decoding
-    augment: bool = False         # random crops (90-100% of the area) and mirror images of the training pairs,
+    augment: bool = False         # random crops (0.9 to 1 of the area) and mirror images of the training pairs,
                                   # no mirror where a caption says left or right (03b); evaluation never
     n_train: int = 20_000         # training pairs generated for 'shapes' (the order is reshuffled every epoch)
     image_size: int = 32          # side of the (square) images in pixels (with init_hf: the checkpoint's)
