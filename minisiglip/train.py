@@ -22,7 +22,7 @@ from .losses import sigmoid_loss, softmax_loss, StepReads, check_later
 from .chunked import chunked_sigmoid_loss, auto_chunk_size, LOGIT_BUDGET
 from .distributed import (ring_sigmoid_loss, gather_softmax_loss, gathered_loss, init_distributed,
                                     pick_device, fail_together, gather_objects, _check_same_shape, DEVICES,
-                                    BACKENDS)
+                                    BACKENDS, name_the_first_failure)
 from .data import (ShapesDataset, DigitsDataset, CaptionFileDataset, ImageCaptionDataset, Tokenizer,
                              split_indices, pairs_fingerprint, stream)
 from .streaming import open_pairs, is_shards, DecodedCache, Augmented
@@ -508,7 +508,8 @@ def train(cfg: TrainConfig, resume: bool = False, stop_at: int | None = None, lo
     rank, world, device, own_group = setup_processes(cfg)
     cfg = dataclasses.replace(cfg, precision=run_precision(cfg, device, resume))        # the checkpoint says which
     loss_fn = make_loss(cfg, world) if loss_fn is None else gathered_loss(loss_fn, timeout_s=cfg.timeout)
-    try: return _train(cfg, resume, stop_at, rank, world, device, loss_fn)
+    try:
+        with name_the_first_failure(): return _train(cfg, resume, stop_at, rank, world, device, loss_fn)
     finally:
         if own_group: dist.destroy_process_group()        # also when a step raised: no process is left waiting
 

@@ -129,3 +129,28 @@ def test_augmented_runs_resume_exactly(runs, run_env, tmp_path):
         assert res.returncode == 0, res.stderr
     a, b, plain = history(straight), history(split), history(runs / 'run_shards')
     assert a == b and a['loss'] != plain['loss']
+
+
+def test_a_decode_failure_on_one_rank_is_named_on_every_rank(written, tmp_path):
+    "An image that only rank 1 decodes, at step 1, stops both ranks well before --timeout, and each rank's last "
+    "line names the file: rank 1 its own error, rank 0 (whose collective failed when rank 1 left) rank 1's."
+    from minisiglip.data import CaptionFileDataset, split_indices
+    from minisiglip.train import batch_indices
+    shutil.copytree(written / 'pngs', tmp_path / 'pngs')
+    files = CaptionFileDataset(tmp_path / 'pngs').files
+    train_idx, _ = split_indices(len(files), 0.1, seed=0)
+    victim = files[train_idx[batch_indices(0, 1, len(train_idx), 16, rank=1, world=2, drop_last=True)[0]]]
+    victim.write_bytes(victim.read_bytes()[:100])
+    env = {**__import__('os').environ, 'OMP_NUM_THREADS': '1'}
+    env['PATH'] = str(Path(sys.executable).parent) + ':' + env['PATH']
+    assert minisiglip('shards', 'pngs', 'shards', '--per-shard', '16', env=env, cwd=tmp_path).returncode == 0
+    i = files.index(victim)
+    member = f'shards/{i // 16:06d}.tar/{i:09d}.png'                # 16 pairs a shard
+    script = shutil.which('minisiglip') or str(Path(sys.executable).parent / 'minisiglip')
+    cmd = [TORCHRUN, '--standalone', '--nproc_per_node=2', '--no-python', script, 'train', '--data', SHARDS, *SMALL,
+           '--workers', '1', '--timeout', '900', '--out', 'run']
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)   # < --timeout
+    errors = [line for line in res.stderr.splitlines() if 'minisiglip train: error:' in line]
+    assert res.returncode != 0 and len(errors) == 2, res.stderr
+    assert all(member in line for line in errors), errors
+    assert any('rank 1 failed: ValueError: cannot read image' in line for line in errors), errors
