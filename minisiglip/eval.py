@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 import torch.nn.functional as F
 from .data import (COLOURS, SHAPES, SIZES, HELD_OUT, DIGIT_NAMES, DIGIT_TEMPLATES,
-                             ShapesDataset, DigitsDataset, Tokenizer, ImageCaptionDataset, CaptionFileDataset,
+                             ShapesDataset, DigitsDataset, Tokenizer, ImageCaptionDataset,
                              split_words)
 from .train import TrainConfig, load_checkpoint, build_data, check_same_data
 from .streaming import open_pairs

@@ -23,7 +23,7 @@ from .chunked import chunked_sigmoid_loss, auto_chunk_size, LOGIT_BUDGET
 from .distributed import (ring_sigmoid_loss, gather_softmax_loss, gathered_loss, init_distributed,
                                     pick_device, fail_together, gather_objects, _check_same_shape, DEVICES,
                                     BACKENDS, name_the_first_failure)
-from .data import (ShapesDataset, DigitsDataset, CaptionFileDataset, ImageCaptionDataset, Tokenizer,
+from .data import (ShapesDataset, DigitsDataset, ImageCaptionDataset, Tokenizer,
                              split_indices, pairs_fingerprint, stream)
 from .streaming import open_pairs, is_shards, DecodedCache, Augmented
 from .model import SigLIP, SigLIPConfig
