@@ -22,7 +22,7 @@ from torch.utils.data import Dataset, DataLoader
 __all__ = ['SPECIALS', 'COLOURS', 'SHAPES', 'SIZES', 'RGB', 'RADIUS', 'BACKGROUND', 'HELD_OUT', 'RELATIONS', 'TEMPLATES',
            'DIGIT_NAMES', 'DIGIT_TEMPLATES', 'IMAGE_EXTS', 'IMAGE_COLUMNS', 'CAPTION_COLUMNS', 'split_words',
            'Tokenizer', 'render_scenes', 'caption_scene', 'shapes_words', 'ImageCaptionDataset', 'ShapesDataset',
-           'show_images', 'digits_words', 'DigitsDataset', 'read_image', 'check_image', 'pick_column',
+           'show_images', 'digits_words', 'DigitsDataset', 'decode_bytes', 'read_image', 'check_image', 'pick_column',
            'CaptionFileDataset', 'split_indices', 'pairs_fingerprint', 'collate', 'make_collate', 'Tolerant',
            'collate_decoded', 'stream']
 
@@ -262,21 +262,27 @@ class DigitsDataset(ImageCaptionDataset):
 # %% ../nbs/03_data.ipynb #9f521cdf
 IMAGE_EXTS = ('.png', '.jpg', '.jpeg', '.gif', '.webp', '.bmp', '.tif', '.tiff')
 
-def read_image(path: str | Path, image_size: int) -> Tensor:
-    "Image file -> `(3, S, S)` float in [0, 1]: shorter side resized to `image_size`, centre-cropped; `ValueError` naming the file if unreadable."
+def decode_bytes(data: bytes, image_size: int, name: str | Path) -> Tensor:
+    """An encoded image (the bytes of a PNG, JPEG, ... file) -> `(3, S, S)` float in [0, 1]: shorter side resized to
+    `image_size`, centre-cropped; `ValueError` naming `name` if it does not decode. Files and shards (03b) both
+    decode here, so the same bytes give the same pixels wherever they are stored."""
     from torchvision.io import decode_image, ImageReadMode
     from torchvision.transforms.v2.functional import resize, center_crop
-    path = Path(path)
-    if not path.is_file(): raise ValueError(f"image file not found: {path}")
-    try: img = decode_image(str(path), mode=ImageReadMode.RGB)
+    try: img = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
     except Exception:                                                   # formats torchvision cannot decode: try PIL
         try:
             from PIL import Image
-            import numpy as np
-            with Image.open(path) as im: img = torch.from_numpy(np.array(im.convert('RGB'))).permute(2, 0, 1)
-        except Exception as e: raise ValueError(f"cannot read image {path}: {e}") from None
+            import io, numpy as np
+            with Image.open(io.BytesIO(data)) as im: img = torch.from_numpy(np.array(im.convert('RGB'))).permute(2, 0, 1)
+        except Exception as e: raise ValueError(f"cannot read image {name}: {e}") from None
     img = center_crop(resize(img, [image_size], antialias=True), [image_size, image_size])
     return img.float() / 255
+
+def read_image(path: str | Path, image_size: int) -> Tensor:
+    "Image file -> `(3, S, S)` float in [0, 1] (`decode_bytes`); `ValueError` naming the file if missing or unreadable."
+    path = Path(path)
+    if not path.is_file(): raise ValueError(f"image file not found: {path}")
+    return decode_bytes(path.read_bytes(), image_size, path)
 
 def check_image(path: Path) -> None:
     """`ValueError` naming `path` unless it is a file whose header an image library recognises. Reading a header
@@ -325,7 +331,7 @@ def _read_records(path: Path, image_col: str | None,
     if path.is_dir():
         images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTS)
         txt = lambda p: p.with_suffix('.txt').read_text().strip() if p.with_suffix('.txt').is_file() else None
-        return [(p, txt(p)) for p in images], None
+        return [(Path(p.name), txt(p)) for p in images], None    # relative to the folder, the root of its images
     if not path.is_file(): raise ValueError(f"caption file or folder not found: {path}")
     rows = _read_rows(path)
     if not rows: raise ValueError(f"{path} holds no rows")
@@ -346,28 +352,36 @@ class CaptionFileDataset(Dataset):
                  skip_bad: bool = False, image_col: str | None = None, caption_col: str | None = None):
         self.path = path = Path(path)
         root = Path(image_root) if image_root is not None else (path if path.is_dir() else path.parent)
-        self.image_size, self.files, self.captions, self.skipped = image_size, [], [], []
         records, self.columns = _read_records(path, image_col, caption_col)
+        self.index(((f if f.is_absolute() else root / f, c) for f, c in records), image_size, skip_bad, check_image)
+
+    def index(self, records: Iterable[tuple[object, str | None]], image_size: int, skip_bad: bool,
+              check: Callable[[object], None]) -> None:
+        """Keep the `(image, caption)` records whose caption has words and whose image passes `check`; the rule for
+        every source of pairs (files here, shards in 03b), so each skips the same pairs for the same reasons."""
+        self.image_size, self.files, self.captions, self.skipped = image_size, [], [], []
         for file, caption in records:
-            file = file if file.is_absolute() else root / file
             try:
                 if caption is None: raise ValueError(f"no caption for image {file}")
                 if not split_words(caption): raise ValueError(f"the caption of {file} has no words: {caption!r}")
-                check_image(file)
+                check(file)
                 self.files.append(file); self.captions.append(caption)
             except ValueError as e:
                 if not skip_bad: raise ValueError(f"{e} (pass skip_bad / --skip-bad to leave such pairs out)") from None
                 self.skipped.append(str(e))
-        if not self.files: raise ValueError(f"no usable image–caption pairs in {path} ({self.describe_skipped()})")
+        if not self.files: raise ValueError(f"no usable image–caption pairs in {self.path} ({self.describe_skipped()})")
 
     def __len__(self) -> int: return len(self.files)
 
-    def __getitem__(self, i: int) -> tuple[Tensor, str]:
-        return read_image(self.files[i], self.image_size), self.captions[i]
+    def __getitem__(self, i: int) -> tuple[Tensor, str]: return self.read(i), self.captions[i]
+
+    def read(self, i: int) -> Tensor:
+        "The decoded image of pair `i`, `(3, S, S)` in [0, 1]."
+        return read_image(self.files[i], self.image_size)
 
     def load(self, idx: Tensor) -> Tensor:
         "The decoded images of the pairs `idx`, `(len(idx), 3, S, S)`, here in this process."
-        return torch.stack([read_image(self.files[i], self.image_size) for i in idx.tolist()])
+        return torch.stack([self.read(i) for i in idx.tolist()])
 
     def subset(self, idx: Tensor) -> CaptionFileDataset:
         "The pairs `idx` (a 1-D index tensor) as a dataset of their own, still undecoded (a train/validation split)."

@@ -5,6 +5,7 @@
 # %% ../nbs/02_distributed.ipynb #0bcf5b8e
 from __future__ import annotations
 import argparse
+import contextlib
 import gc
 import json
 import os
@@ -27,9 +28,10 @@ from .losses import (read_loss_inputs, sigmoid_loss, softmax_loss, peak_bytes, _
 from .chunked import sigmoid_block_loss_and_grads, _check_chunk_size, LOGIT_BUDGET
 
 # %% auto #0
-__all__ = ['DEVICES', 'BACKENDS', 'LOSSES', 'CommStats', 'ring_sigmoid_loss', 'gather_softmax_loss', 'gather_sigmoid_loss',
-           'gathered_loss', 'pick_device', 'init_distributed', 'spawn', 'gather_objects', 'fail_together', 'loss_step',
-           'loss_steps', 'add_distributed_args', 'run_distributed']
+__all__ = ['DEVICES', 'BACKENDS', 'FIRST_FAILURE', 'LOSSES', 'CommStats', 'ring_sigmoid_loss', 'gather_softmax_loss',
+           'gather_sigmoid_loss', 'gathered_loss', 'pick_device', 'init_distributed', 'spawn', 'gather_objects',
+           'fail_together', 'name_the_first_failure', 'loss_step', 'loss_steps', 'add_distributed_args',
+           'run_distributed']
 
 # %% ../nbs/02_distributed.ipynb #a3211263
 def _world(group: dist.ProcessGroup | None) -> tuple[int, int]:
@@ -378,8 +380,32 @@ def fail_together(what: str, fn: Callable[[], object], run_here: bool = True) ->
         except Exception as e: error = e
     failed = [(r, e) for r, e in enumerate(gather_objects(error and f"{type(error).__name__}: {error}")) if e]
     if error is not None: raise error
-    if failed: raise RuntimeError(f"{what} failed on rank {failed[0][0]}: {failed[0][1]}")
+    if failed:
+        peer = RuntimeError(f"{what} failed on rank {failed[0][0]}: {failed[0][1]}")
+        peer.peer_rank = failed[0][0]                     # already names the cause (`name_the_first_failure`)
+        raise peer
     return result
+
+# %% ../nbs/02_distributed.ipynb #bc07afae
+FIRST_FAILURE = 'minisiglip/first_failure'   # the store key of the first error a rank posted
+
+@contextlib.contextmanager
+def name_the_first_failure(timeout_s: float = 10.):
+    """Run the block; if it raises inside a process group, post the error to the group's store (unless another rank
+    posted first) and re-raise it, except that a `RuntimeError` (a collective that failed because a peer left, a
+    timeout) becomes the first posted error of another rank, naming it. An error of `fail_together`, which names its
+    cause already, is left as it is. The store is asked for at most `timeout_s`."""
+    try: yield
+    except Exception as e:
+        if not dist.is_initialized() or hasattr(e, 'peer_rank'): raise
+        rank, mine = dist.get_rank(), f"rank {dist.get_rank()} failed: {type(e).__name__}: {e}"
+        try:
+            store = dist.distributed_c10d._get_default_store()
+            store.set_timeout(timedelta(seconds=timeout_s))
+            first = store.compare_set(FIRST_FAILURE, '', mine).decode()   # sets it if no rank has yet
+        except Exception: raise e from None                               # no store left to ask: the error itself
+        if first != mine and isinstance(e, RuntimeError): raise RuntimeError(first) from e
+        raise
 
 # %% ../nbs/02_distributed.ipynb #4fb83783
 LOSSES = ('ring', 'ring-bidir', 'gather-softmax', 'gather-sigmoid')

@@ -15,9 +15,10 @@ import torch
 from torch import Tensor, nn
 import torch.nn.functional as F
 from .data import (COLOURS, SHAPES, SIZES, HELD_OUT, DIGIT_NAMES, DIGIT_TEMPLATES,
-                             ShapesDataset, DigitsDataset, Tokenizer, ImageCaptionDataset, CaptionFileDataset,
+                             ShapesDataset, DigitsDataset, Tokenizer, ImageCaptionDataset,
                              split_words)
 from .train import TrainConfig, load_checkpoint, build_data, check_same_data
+from .streaming import open_pairs
 from .checkpoint import latest_checkpoint
 from .distributed import pick_device, DEVICES
 from .model import SigLIP
@@ -348,7 +349,7 @@ def evaluation_pairs(state: dict, data: str | None = None, **read) -> tuple[Imag
     `image_col`, `caption_col`, `skip_bad`), or else the validation split of the run's own caption file."""
     cfg = TrainConfig(**state['config'])
     if data is not None:
-        ds = CaptionFileDataset(data, image_size=cfg.image_size, **read)
+        ds = open_pairs(data, image_size=cfg.image_size, **read)
         return ds, ds.describe()
     if not state.get('data'):
         raise ValueError(f"this run's state records no split of {cfg.data} (an older run): name the pairs with --data")

@@ -22,9 +22,10 @@ from .losses import sigmoid_loss, softmax_loss, StepReads, check_later
 from .chunked import chunked_sigmoid_loss, auto_chunk_size, LOGIT_BUDGET
 from .distributed import (ring_sigmoid_loss, gather_softmax_loss, gathered_loss, init_distributed,
                                     pick_device, fail_together, gather_objects, _check_same_shape, DEVICES,
-                                    BACKENDS)
-from .data import (ShapesDataset, DigitsDataset, CaptionFileDataset, ImageCaptionDataset, Tokenizer,
+                                    BACKENDS, name_the_first_failure)
+from .data import (ShapesDataset, DigitsDataset, ImageCaptionDataset, Tokenizer,
                              split_indices, pairs_fingerprint, stream)
+from .streaming import open_pairs, is_shards, DecodedCache, Augmented
 from .model import SigLIP, SigLIPConfig
 from .checkpoint import (CKPT_PREFIX, save_checkpoint, checkpoints, latest_checkpoint, read_state,
                                    read_tensors, load_weights, optimizer_state, rng_to_text, rng_from_text)
@@ -49,7 +50,7 @@ PRECISIONS = ('fp32', 'tf32', 'bf16', 'fp16', 'auto')
 RINGS = ('one-way', 'bidir')
 SCHEDULES = ('cosine', 'constant', 'wsd')
 # where and how a run executes
-RUN_ONLY = ('out_dir', 'device', 'backend', 'timeout', 'compile', 'chunk_size', 'workers', 'prefetch')
+RUN_ONLY = ('out_dir', 'device', 'backend', 'timeout', 'compile', 'chunk_size', 'workers', 'prefetch', 'cache')
 
 def check_schedule(cfg) -> None:
     "Raise a clear error for a `cfg.schedule` or `cfg.cooldown` that `lr_at` cannot follow (training configs share it)."
@@ -92,6 +93,10 @@ class TrainConfig:
     val_fraction: float = 0.1     # of your pairs, held out (seeded) for validation and `minisiglip eval`
     workers: int = 2              # DataLoader processes decoding your images (0: this one; built-in sets are in memory)
     prefetch: int = 2             # batches each worker decodes ahead of the step that needs them
+    cache: bool = False           # decode your images once, into a uint8 memory-mapped file in out_dir/decoded
+                                  # (03b): later epochs copy instead of decoding
+    augment: bool = False         # random crops (0.9 to 1 of the area) and mirror images of the training pairs,
+                                  # no mirror where a caption says left or right (03b); evaluation never
     n_train: int = 20_000         # training pairs generated for 'shapes' (the order is reshuffled every epoch)
     image_size: int = 32          # side of the (square) images in pixels (with init_hf: the checkpoint's)
     noise: str = 'none'           # corrupt a fraction of every training batch: one of NOISE_KINDS (the paper's Fig. 7)
@@ -127,6 +132,8 @@ class TrainConfig:
         if self.chunk_size < 0: raise ValueError(f"chunk_size must be >= 0 (0: auto), got {self.chunk_size}")
         if self.workers < 0: raise ValueError(f"workers must be >= 0 (0: decode in this process), got {self.workers}")
         if self.prefetch < 1: raise ValueError(f"prefetch must be >= 1, got {self.prefetch}")
+        if self.cache and self.data in ('shapes', 'digits'):
+            raise ValueError(f"cache is for your own images: the built-in {self.data!r} are in memory already")
         if self.warmup_steps < 0: raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
         if not 0 < self.beta2 < 1: raise ValueError(f"beta2 must be in (0, 1), got {self.beta2}")
         if self.noise not in NOISE_KINDS: raise ValueError(f"noise must be one of {NOISE_KINDS}, got {self.noise!r}")
@@ -173,10 +180,10 @@ def build_data(cfg: TrainConfig) -> tuple[ImageCaptionDataset, ImageCaptionDatas
     if cfg.data in ('shapes', 'digits'):
         train_ds, val_ds, tok = builtin_data(cfg.data, cfg.n_train, cfg.seed, cfg.image_size)
         return train_ds, val_ds, hf_tokenizer(cfg) or tok, {}
-    if not Path(cfg.data).exists():
-        raise ValueError(f"data must be 'shapes', 'digits' or an existing caption file or folder, got {cfg.data!r}")
-    ds = CaptionFileDataset(cfg.data, image_size=cfg.image_size, skip_bad=cfg.skip_bad,
-                            image_col=cfg.image_col or None, caption_col=cfg.caption_col or None)
+    if not (Path(cfg.data).exists() or is_shards(cfg.data)):
+        raise ValueError(f"data must be 'shapes', 'digits', an existing caption file or folder, or .tar shards, "
+                         f"got {cfg.data!r}")
+    ds = open_pairs(cfg.data, cfg.image_size, cfg.skip_bad, cfg.image_col or None, cfg.caption_col or None)
     train_idx, val_idx = split_indices(len(ds), cfg.val_fraction, cfg.seed)
     train_ds = ds.subset(train_idx)
     val_ds = ds.subset(val_idx) if len(val_idx) else train_ds       # val_fraction 0: the training pairs, as you asked
@@ -223,13 +230,19 @@ def train_batches(ds, tok: Tokenizer, cfg: TrainConfig, start: int, stop: int, r
                   device: torch.device, undecodable: list[str]) -> Iterator[tuple[Tensor, Tensor]]:
     """This rank's `(images, tokens)` on `device` for steps `start` to `stop - 1`, in `batch_indices` order. Images
     that fail to decode raise `ValueError` naming the file, or with `cfg.skip_bad` are left out of their batch,
-    their reasons appended to `undecodable` (so a batch can be smaller than the others)."""
-    order = (batch_indices(cfg.seed, step, len(ds), cfg.batch_size, rank, world, cfg.drop_last)
+    their reasons appended to `undecodable` (so a batch can be smaller than the others). With `cfg.augment` each
+    pair is asked for by its slot in the global batch too (`streaming.Augmented`)."""
+    order = ((step, batch_indices(cfg.seed, step, len(ds), cfg.batch_size, rank, world, cfg.drop_last))
              for step in range(start, stop))
-    if not isinstance(ds, CaptionFileDataset):
-        for idx in order: yield get_batch(ds, tok, idx, device)
+    in_memory = isinstance(ds, ImageCaptionDataset)
+    if in_memory and not cfg.augment:
+        for _, idx in order: yield get_batch(ds, tok, idx, device)
         return
-    loader = stream(ds, tok, (idx.tolist() for idx in order), cfg.workers, cfg.prefetch, device.type == 'cuda')
+    first = rank * (cfg.batch_size // world)                       # this rank's first slot of the global batch
+    keys = lambda step, idx: [(i, step, first + j) for j, i in enumerate(idx)] if cfg.augment else idx
+    loader = stream(Augmented(ds, cfg.seed) if cfg.augment else ds, tok,
+                    (keys(step, idx.tolist()) for step, idx in order), 0 if in_memory else cfg.workers,
+                    cfg.prefetch, device.type == 'cuda')
     for step, (batch, reasons) in enumerate(loader, start):
         if reasons and not cfg.skip_bad: raise ValueError(f"{reasons[0]} (pass --skip-bad to leave such pairs out)")
         undecodable += reasons
@@ -516,7 +529,8 @@ def train(cfg: TrainConfig, resume: bool = False, stop_at: int | None = None, lo
     rank, world, device, own_group = setup_processes(cfg)
     cfg = dataclasses.replace(cfg, precision=run_precision(cfg, device, resume))        # the checkpoint says which
     loss_fn = make_loss(cfg, world) if loss_fn is None else gathered_loss(loss_fn, timeout_s=cfg.timeout)
-    try: return _train(cfg, resume, stop_at, rank, world, device, loss_fn)
+    try:
+        with name_the_first_failure(): return _train(cfg, resume, stop_at, rank, world, device, loss_fn)
     finally:
         if own_group: dist.destroy_process_group()        # also when a step raised: no process is left waiting
 
@@ -566,6 +580,9 @@ def _train(cfg: TrainConfig, resume: bool, stop_at: int | None, rank: int, world
                                       f"{data_info['val'] or 'the training pairs'} for validation")
     if cfg.batch_size > len(train_ds):   # no batch of distinct pairs: some pair would be its own negative
         raise ValueError(f"batch_size {cfg.batch_size} exceeds the {len(train_ds)} training pairs of {cfg.data!r}")
+    if cfg.cache:                                                   # rank 0 decodes, the others map its file
+        cache = lambda: DecodedCache(train_ds, Path(cfg.out_dir) / 'decoded', cfg.workers)
+        train_ds = fail_together('decoding the images into the cache', cache, rank == 0) or cache()
     model = fail_together('building the model', lambda: build_model(cfg, tok)).to(device).train()
     optimizer = make_optimizer(model, cfg)
     order = lambda step: batch_indices(cfg.seed, step, len(train_ds), cfg.batch_size, rank, world, cfg.drop_last)
