@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 NBS = Path(__file__).resolve().parent.parent / 'nbs'
-GENERATED = ['index.ipynb', '03_data.ipynb', '06a_demo.ipynb', '06b_demo_recipes.ipynb', '08_vlm_eval.ipynb',   # the notebooks whose
-             '08a_vlm_lessons.ipynb', '08b_vlm_recipes.ipynb', '09_paper.ipynb',       # prose quotes saved results
+GENERATED = ['index.ipynb', '03_data.ipynb', '06a_demo.ipynb', '06b_demo_recipes.ipynb', '08_vlm_eval.ipynb',   # notebooks whose
+             '08a_vlm_lessons.ipynb', '08b_vlm_recipes.ipynb', '08c_vlm_robustness.ipynb', '09_paper.ipynb',  # prose
              '09c_paper_trials.ipynb']
 OTHER_CPU = {'ATEN_CPU_CAPABILITY': 'avx2',        # PyTorch's own vectorised kernels (reductions, elementwise)
              'MKL_ENABLE_INSTRUCTIONS': 'AVX2',    # MKL's matrix products
