@@ -105,8 +105,10 @@ class KVCache:
         return k, v
 
     def select(self, index: Tensor) -> None:
-        "Keep the batch rows `index` (rows may repeat): one cached prefix then serves several sequences."
-        self.k, self.v = self.k[index], self.v[index]
+        """Keep the batch rows `index` (rows may repeat): one cached prefix then serves several sequences. By
+        `index_select`, whose gradient sums a repeated row's copies in a fixed order: `k[index]`'s adds them from
+        several CPU threads at once, in whichever order they run (`08c_vlm_robustness`)."""
+        self.k, self.v = self.k.index_select(0, index), self.v.index_select(0, index)
 
 def attend(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = None, dropout_p: float = 0.) -> Tensor:
     """`F.scaled_dot_product_attention`, except that bfloat16 on a CPU runs it in float32: there PyTorch's bf16

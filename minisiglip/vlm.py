@@ -284,7 +284,7 @@ class VLM(nn.Module):
             x, ctx = self._inputs(ids, images, features)
             return self.lm(x, ctx)[:, -ids.shape[1]:]
         vis = self.visual_tokens(images, features)
-        if self.cfg.fusion == 'cross_attention': return self.lm(self.lm.tok(ids), vis[image_of])
+        if self.cfg.fusion == 'cross_attention': return self.lm(self.lm.tok(ids), vis.index_select(0, image_of))
         caches = [KVCache() for _ in self.lm.blocks]
         self.lm(vis, caches=caches)              # causal: the image's positions never see the text, so run them once
         for cache in caches: cache.select(image_of)

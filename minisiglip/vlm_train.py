@@ -5,15 +5,17 @@
 # %% ../nbs/07b_vlm_train.ipynb #0bba792d
 from __future__ import annotations
 import dataclasses
+import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
-from .data import Tokenizer
+from .data import Tokenizer, RGB, BACKGROUND, _inside
 from .model import SigLIPConfig, ViT
 from .train import (kernel_ids, lr_at, check_schedule, batch_indices, check_finite, load_checkpoint,
                               run_precision)
@@ -21,14 +23,14 @@ from .checkpoint import save_checkpoint, latest_checkpoint, read_state, load_wei
 from .vlm import VLM, VLMConfig, TinyLM
 from .hf import load_siglip
 from .vqa import (VQASet, make_vqa, vqa_tokenizer, encode_question, EOS, FAMILIES, caption_set,
-                            text_tokenizer, text_corpus)
+                            text_tokenizer, text_corpus, RELATION_MARGIN)
 
 # %% auto #0
 __all__ = ['IGNORE', 'VLM_PRECISIONS', 'TASKS', 'encode_qa', 'take_rows', 'answer_loss', 'parse_per_family', 'VLMTrainConfig',
            'prune_relations', 'part_of', 'make_vlm_optimizer', 'trained_parameters', 'load_vlm', 'LMTrainConfig',
            'pack_text', 'optimizer_step', 'log_step', 'pretrain_lm', 'load_lm', 'copy_weights', 'put_lm', 'start_of',
-           'start_from', 'load_tower', 'precompute_features', 'questions_of', 'patch_features', 'train_vlm',
-           'load_prior', 'prior_log_probs', 'train_stages']
+           'start_from', 'load_tower', 'precompute_features', 'questions_of', 'patch_features', 'jitter_colour',
+           'render_jittered', 'augment_set', 'train_vlm', 'load_prior', 'prior_log_probs', 'train_stages']
 
 # %% ../nbs/07b_vlm_train.ipynb #152acdf3
 IGNORE = -100   # F.cross_entropy's default ignore_index: positions that are not scored
@@ -100,6 +102,7 @@ class VLMTrainConfig:
     lm: str = ''                  # a text-pretrained LM run (pretrain_lm) the VLM's LM starts from: see below
     init: str = ''                # a VLM run whose weights this run starts from (stage 2 from stage 1): see below
     precision: str = 'fp32'       # 'fp32', 'bf16' (the forward under bfloat16 autocast) or 'auto': see below
+    augment: float = 0.           # this fraction of the training images drawn jittered (08c_vlm_robustness)
     seed: int = 0                 # model init, scenes, questions and batch order
     device: str = 'cpu'           # 'cpu', 'cuda', 'cuda:1', ...
     out_dir: str = 'runs/vlm'     # where the checkpoint goes
@@ -116,6 +119,7 @@ class VLMTrainConfig:
         if self.task not in TASKS: raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
         if self.lm and self.init:
             raise ValueError("lm and init both given: the VLM run named by init already holds its language model")
+        if not 0 <= self.augment <= 1: raise ValueError(f"augment must be in [0, 1], got {self.augment}")
         self.per_image()
 
     def per_image(self) -> dict[str, int]:
@@ -356,6 +360,46 @@ def patch_features(model: VLM, data: VQASet, images: Tensor, cached: Tensor | No
     if model.cfg.fusion == 'none': return None
     return model.features(data.images[images].to(device))
 
+# %% ../nbs/07b_vlm_train.ipynb #b8d4f2e1
+def jitter_colour(rgb: Sequence[float], rng: random.Random, amount: float) -> tuple[float, ...]:
+    "`rgb` with each channel moved by up to `amount`, kept in [0, 1]: a colour a little off ours."
+    return tuple(min(1., max(0., c + rng.uniform(-amount, amount))) for c in rgb)
+
+def render_jittered(scenes: Sequence[Sequence[dict]], image_size: int = 32, seed: int = 0, supersample: int = 4,
+                    colour_jitter: float = 0.08, sizes: tuple[float, float] = (0.8, 1.1),
+                    shift: float = 0.04) -> Tensor:
+    """Images `(n, 3, S, S)` of `scenes` drawn as `data.render_scenes` does, but anti-aliased (drawn at `supersample`
+    times the size, then averaged down) and jittered: the background and each object's colour moved by up to
+    `colour_jitter` a channel, each radius scaled by a factor from `sizes`, the whole scene shifted by up to `shift`
+    each way. Every answer stays right: a shift of the whole scene keeps the relations, and under
+    `RELATION_MARGIN` in all it keeps every side `ask_position` asks about; radii up to 1.1 keep objects apart."""
+    if 2 * shift >= RELATION_MARGIN: raise ValueError(f"shift must be under {RELATION_MARGIN / 2}, got {shift}")
+    if not 0 < sizes[0] <= sizes[1] <= 1.1: raise ValueError(f"sizes must lie in (0, 1.1], got {sizes}")
+    rng, S = random.Random(f'augment-{seed}'), image_size * supersample
+    c = (torch.arange(S) + 0.5) / S                                    # pixel centres in [0, 1]
+    Y, X = torch.meshgrid(c, c, indexing='ij')
+    out = torch.empty(len(scenes), 3, image_size, image_size)
+    for i, scene in enumerate(scenes):
+        img = torch.tensor(jitter_colour(BACKGROUND, rng, colour_jitter)).view(3, 1, 1).expand(3, S, S)
+        sx, sy = rng.uniform(-shift, shift), rng.uniform(-shift, shift)
+        for o in scene:
+            r = o['r'] * rng.uniform(*sizes)
+            inside = _inside(o['shape'], (X - o['x'] - sx) / r, (Y - o['y'] - sy) / r)
+            colour = torch.tensor(jitter_colour(RGB[o['colour']], rng, colour_jitter)).view(3, 1, 1)
+            img = torch.where(inside, colour, img)
+        out[i] = F.avg_pool2d(img[None], supersample)[0]
+    return out
+
+def augment_set(data: VQASet, fraction: float, seed: int = 0) -> VQASet:
+    """`data` with a `fraction` of its images (drawn from `seed`) replaced by `render_jittered` ones of the same
+    scenes: the same questions and answers; the rest stay as our renderer draws them."""
+    if not 0 <= fraction <= 1: raise ValueError(f"augment fraction must be in [0, 1], got {fraction}")
+    n = len(data.scenes)
+    pick = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:round(fraction * n)]
+    images = data.images.clone()
+    images[pick] = render_jittered([data.scenes[i] for i in pick.tolist()], data.images.shape[-1], seed)
+    return dataclasses.replace(data, images=images)
+
 # %% ../nbs/07b_vlm_train.ipynb #f4f73318
 def train_vlm(cfg: VLMTrainConfig, vlm_cfg: VLMConfig = VLMConfig()) -> tuple[VLM, Tokenizer, dict]:
     """Train a VLM on the built-in VQA questions (or, with `cfg.task='caption'`, their scenes' descriptions) with the
@@ -375,6 +419,7 @@ def train_vlm(cfg: VLMTrainConfig, vlm_cfg: VLMConfig = VLMConfig()) -> tuple[VL
     prior = load_prior(cfg.prior, tok, device) if cfg.prior else None
     data = prune_relations(make_vqa(cfg.n_images, 'train', seed=cfg.seed, image_size=tower.image_size,
                                     per_image=cfg.per_image()), cfg.relation_min_objects)
+    if cfg.augment: data = augment_set(data, cfg.augment, cfg.seed)
     if cfg.task == 'caption': data = caption_set(data)
     weight_of = parse_per_family(cfg.family_weights)
     weights = torch.tensor([weight_of.get(f, 1.) for f in data.families])
