@@ -16,7 +16,7 @@ from .model import Attention, Block, KVCache, ViT, SigLIPConfig, mlp
 # %% auto #0
 __all__ = ['FUSIONS', 'MODES', 'CONNECTORS', 'VLMConfig', 'LinearConnector', 'MLPConnector', 'pixel_shuffle',
            'PixelShuffleConnector', 'CrossAttentionBlock', 'PerceiverConnector', 'TinyLM', 'LoRALinear', 'add_lora',
-           'merge_lora', 'set_mode', 'split_views', 'value_image', 'patch_centres', 'VLM']
+           'merge_lora', 'set_mode', 'split_views', 'value_image', 'patch_centres', 'next_token', 'VLM']
 
 # %% ../nbs/07_vlm.ipynb #5cfa703f
 FUSIONS = ('prefix', 'cross_attention', 'none')
@@ -222,6 +222,20 @@ def patch_centres(grid: int) -> Tensor:
     return torch.stack([x.flatten(), y.flatten()], 1)
 
 # %% ../nbs/07_vlm.ipynb #c1b45c71
+def next_token(logits: Tensor, temperature: float = 0., top_k: int = 0,
+               generator: torch.Generator | None = None) -> Tensor:
+    """The next token `(B,)` from logits `(B, vocab)`: the argmax at `temperature` 0 (greedy), else a draw from
+    softmax(logits / temperature) over the `top_k` largest logits (0: all), with `generator` (a seeded draw)."""
+    if temperature < 0: raise ValueError(f"temperature must be >= 0 (0: greedy), got {temperature}")
+    if top_k < 0: raise ValueError(f"top_k must be >= 0 (0: every word), got {top_k}")
+    if temperature == 0:
+        if top_k > 1: raise ValueError(f"top_k={top_k} restricts sampling: give a temperature > 0 (0 is greedy)")
+        return logits.argmax(-1)
+    top, idx = logits.float().topk(min(top_k or logits.shape[-1], logits.shape[-1]), -1)   # (B, k), largest first
+    pick = torch.multinomial((top / temperature).softmax(-1), 1, generator=generator)      # (B, 1): a place in top
+    return idx.gather(-1, pick)[:, 0]
+
+# %% ../nbs/07_vlm.ipynb #60f9edea
 class VLM(nn.Module):
     """SigLIP image tower -> connector -> `TinyLM`; `forward(ids, images)` gives the next-token logits
     `(B, L, vocab)` at the text positions."""
@@ -292,18 +306,19 @@ class VLM(nn.Module):
 
     @torch.no_grad()
     def generate(self, ids: Tensor, images: Tensor | None = None, features: Tensor | None = None,
-                 max_new_tokens: int = 4, eos_id: int | None = None,
-                 return_logits: bool = False) -> Tensor | tuple[Tensor, Tensor]:
-        """Greedy continuation `(B, T)`, T <= `max_new_tokens`, of prompts `ids` `(B, L)` (one length, no padding);
-        a row that has emitted `eos_id` keeps emitting it. With `return_logits`, also each step's logits
-        `(B, T, vocab)`."""
+                 max_new_tokens: int = 4, eos_id: int | None = None, return_logits: bool = False,
+                 temperature: float = 0., top_k: int = 0,
+                 generator: torch.Generator | None = None) -> Tensor | tuple[Tensor, Tensor]:
+        """Continuation `(B, T)`, T <= `max_new_tokens`, of prompts `ids` `(B, L)` (one length, no padding): greedy,
+        or sampled at `temperature` from the `top_k` words with `generator` (`next_token`); a row that has emitted
+        `eos_id` keeps emitting it. With `return_logits`, also each step's logits `(B, T, vocab)`."""
         caches = [KVCache() for _ in self.lm.blocks]
         x, ctx = self._inputs(ids, images, features)
         logits = self.lm(x, ctx, caches)[:, -1]                          # prefill: the image and the whole prompt
         out, steps = [], []
         done = torch.zeros(len(ids), dtype=torch.bool, device=ids.device)
         for _ in range(max_new_tokens):
-            nxt = logits.argmax(-1)
+            nxt = next_token(logits, temperature, top_k, generator)
             if eos_id is not None: nxt = torch.where(done, eos_id, nxt)
             out.append(nxt); steps.append(logits)
             if eos_id is not None:

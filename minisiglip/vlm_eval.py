@@ -11,53 +11,72 @@ import math
 import shutil
 import tempfile
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 import torch
 from torch import Tensor
-from .data import Tokenizer, read_image
+from .data import Tokenizer, read_image, split_words
 from .checkpoint import latest_checkpoint
 from .model import Attention, causal_mask
 from .vlm import VLM, VLMConfig, CONNECTORS, FUSIONS, MODES
-from .vqa import VQASet, make_vqa, encode_question, EOS, FAMILIES, TEST_SCENES, chance
+from .vqa import (VQASet, make_vqa, encode_question, EOS, FAMILIES, TEST_SCENES, chance, caption_set,
+                            PHRASING_SETS)
 from .vlm_train import (VLMTrainConfig, VLM_PRECISIONS, TASKS, LMTrainConfig, train_vlm, load_vlm,
                                   pretrain_lm, train_stages)
 from .demo import DEMO_PRECISION
 
 # %% auto #0
-__all__ = ['EVAL_SPLITS', 'VLM_DEMO_V1', 'VLM_DEMO_V1_TRAIN', 'VLM_DEMO', 'VLM_DEMO_TRAIN', 'BLIND_STEPS', 'answer',
-           'vqa_accuracy', 'evaluation_sets', 'evaluate_vlm', 'vqa_table', 'plot_answers', 'vlm_demo', 'vlm_report',
-           'attention_weights', 'answer_attention', 'relation_outcomes', 'apply_overrides', 'run_arm', 'ask',
-           'add_vlm_args', 'vlm_demo_configs', 'run_vlm']
+__all__ = ['EVAL_SPLITS', 'VLM_DEMO_V1', 'VLM_DEMO_V1_TRAIN', 'VLM_DEMO', 'VLM_DEMO_TRAIN', 'BLIND_STEPS', 'EMPTY_ANSWER',
+           'answer_room', 'answer', 'longest_answer', 'vqa_accuracy', 'evaluation_sets', 'evaluate_vlm', 'vqa_table',
+           'plot_answers', 'vlm_demo', 'vlm_report', 'token_f1', 'caption_metrics', 'evaluate_captions',
+           'caption_report', 'evaluate_phrasings', 'phrasing_table', 'attention_weights', 'answer_attention',
+           'relation_outcomes', 'apply_overrides', 'run_arm', 'ask', 'add_vlm_args', 'vlm_demo_configs', 'run_vlm']
 
 # %% ../nbs/08_vlm_eval.ipynb #f7f91c43
+def answer_room(model: VLM, n_words: int) -> int:
+    "How many words the LM can write after a question of `n_words` (its last word is never fed back)."
+    return model.cfg.max_text_len - n_words + 1
+
 @torch.no_grad()
 def answer(model: VLM, tok: Tokenizer, questions: list[str], images: Tensor | None = None,
-           features: Tensor | None = None, batch_size: int = 256) -> list[str]:
-    "Greedy answers to `questions[i]` about `images[i]` (or precomputed `features[i]`), batched by question length."
+           features: Tensor | None = None, batch_size: int = 256, max_new_tokens: int | None = None,
+           temperature: float = 0., top_k: int = 0, generator: torch.Generator | None = None) -> list[str]:
+    """Answers to `questions[i]` about `images[i]` (or precomputed `features[i]`), batched by question length: the
+    words before `<eos>`, at most `max_new_tokens` (default: `answer_room`); greedy, or sampled (`VLM.generate`)."""
+    if max_new_tokens is not None and max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     device = next(model.parameters()).device
     eos = tok.stoi[EOS]
     encoded = [encode_question(tok, q) for q in questions]
     by_len = defaultdict(list)
     for i, ids in enumerate(encoded): by_len[len(ids)].append(i)
     out = [''] * len(questions)
-    for rows in by_len.values():
+    for n_words, rows in by_len.items():
+        room = answer_room(model, n_words)
+        if room < 1 or (max_new_tokens or 0) > room:
+            raise ValueError(f"a question of {n_words} words leaves this VLM room for {max(room, 0)} answer words "
+                             f"(its LM reads {model.cfg.max_text_len} text tokens), not {max_new_tokens or 1}")
         for start in range(0, len(rows), batch_size):
             chunk = rows[start:start + batch_size]
             visual = ({'features': features[chunk].to(device)} if features is not None
                       else {'images': images[chunk].to(device)} if images is not None else {})
             gen = model.generate(torch.tensor([encoded[i] for i in chunk], device=device), **visual,
-                                 max_new_tokens=3, eos_id=eos)
+                                 max_new_tokens=max_new_tokens or room, eos_id=eos, temperature=temperature,
+                                 top_k=top_k, generator=generator)
             for i, row in zip(chunk, gen.tolist()):
                 out[i] = tok.decode(row[:row.index(eos)] if eos in row else row)
     return out
 
 # %% ../nbs/08_vlm_eval.ipynb #dd43dddf
+def longest_answer(tok: Tokenizer, data: VQASet) -> int:
+    "Tokens of the longest answer of `data` plus its `<eos>`: where greedy decoding can stop for an exact match."
+    return max(len(tok.encode(a)) for a in data.answers) + 1
+
 def vqa_accuracy(model: VLM, tok: Tokenizer, data: VQASet, features: Tensor | None = None) -> dict[str, float]:
     "Exact-match accuracy of greedy answers on `data`: one entry per family present, plus `overall`."
     rows = data.image
     preds = answer(model, tok, data.questions, images=None if features is not None else data.images[rows],
-                   features=None if features is None else features[rows])
+                   features=None if features is None else features[rows], max_new_tokens=longest_answer(tok, data))
     right = [p == a for p, a in zip(preds, data.answers)]
     acc = {f: sum(r for r, g in zip(right, data.families) if g == f) / data.families.count(f)
            for f in FAMILIES if f in data.families}
@@ -167,6 +186,49 @@ def vlm_report(metrics: dict) -> str:
                       *(line(split, metrics[key]) for split, key in EVAL_SPLITS.items() if key in metrics),
                       line('blind (seen)', metrics['blind'])])
 
+# %% ../nbs/08_vlm_eval.ipynb #042685b2
+def token_f1(pred: str, truth: str) -> float:
+    "F1 of the words `pred` and `truth` share, counted as multisets: partial credit for a partly right caption."
+    p, t = split_words(pred), split_words(truth)
+    if not p or not t: return float(p == t)
+    common = sum((Counter(p) & Counter(t)).values())
+    if common == 0: return 0.
+    precision, recall = common / len(p), common / len(t)
+    return 2 * precision * recall / (precision + recall)
+
+def caption_metrics(model: VLM, tok: Tokenizer, data: VQASet) -> dict[str, float]:
+    "Mean token F1 (`token_f1`) and exact match of the greedy answers to the questions of `data` (a `caption_set`)."
+    preds = answer(model, tok, data.questions, images=data.images[data.image])
+    return {'token_f1': sum(map(token_f1, preds, data.answers)) / len(preds),
+            'exact': sum(p == a for p, a in zip(preds, data.answers)) / len(preds)}
+
+def evaluate_captions(model: VLM, tok: Tokenizer, n_images: int = 500, seed: int = 0) -> dict[str, dict[str, float]]:
+    "`caption_metrics` of the captions of `n_images` fresh scenes of `seed` per split: `seen` and `held_out`."
+    return {split: caption_metrics(model, tok, caption_set(make_vqa(n_images, split, seed=seed, families=('count',),
+                                                                    image_size=model.vision.image_size)))
+            for split in ('seen', 'held_out')}
+
+def caption_report(metrics: dict[str, dict[str, float]]) -> str:
+    "One line of `evaluate_captions`'s numbers."
+    return 'captions: ' + '; '.join(f"{split} token F1 {m['token_f1']:.3f}, exact match {100 * m['exact']:.1f}%"
+                                    for split, m in metrics.items())
+
+# %% ../nbs/08_vlm_eval.ipynb #24cf2add
+def evaluate_phrasings(model: VLM, tok: Tokenizer, n_images: int = 500, seed: int = 0) -> dict[str, dict[str, float]]:
+    """`vqa_accuracy` on the questions of `n_images` fresh `seen` scenes of `seed` in each of `PHRASING_SETS` whose
+    words `tok` knows: the same questions and answers, only the words differ."""
+    sets = {which: make_vqa(n_images, 'seen', seed=seed, image_size=model.vision.image_size, phrasing=which)
+            for which in PHRASING_SETS}
+    return {which: vqa_accuracy(model, tok, data) for which, data in sets.items()
+            if all(w in tok.stoi for q in data.questions for w in split_words(q))}
+
+def phrasing_table(metrics: dict[str, dict[str, float]]) -> str:
+    "A Markdown table of `evaluate_phrasings`'s accuracies: a row per family, a column per phrasing set."
+    head = ' | '.join(f'{which} phrasings' for which in metrics)
+    rows = [f"| {f} | " + ' | '.join(f'{100 * m[f]:.1f}%' for m in metrics.values()) + ' |'
+            for f in next(iter(metrics.values()))]
+    return '\n'.join([f'| family (seen) | {head} |', '|---' * (len(metrics) + 1) + '|', *rows])
+
 # %% ../nbs/08_vlm_eval.ipynb #e6475590
 def attention_weights(attn: Attention, x: Tensor) -> Tensor:
     "Causal self-attention probabilities `(B, heads, L, L)` of `attn` on its input `x`: what `attend` weighs `v` by."
@@ -239,12 +301,19 @@ def run_arm(overrides: dict, siglip: str | Path = 'runs/demo', seed: int = 0, lr
             **splits(ev), 'answers_per_s': ev['answers_per_s'], 'loss_every_10': loss_every_10}
 
 # %% ../nbs/08_vlm_eval.ipynb #0f8b3044
-def ask(run: str | Path, image: str | Path, question: str, device: str = 'cpu') -> str:
-    "The VLM of `run`'s greedy answer to `question` about the image file `image`."
+EMPTY_ANSWER = "(an empty answer: the VLM ended its answer before any word)"
+
+def ask(run: str | Path, image: str | Path, question: str, device: str = 'cpu', max_tokens: int | None = None,
+        temperature: float = 0., top_k: int = 0, seed: int = 0) -> str:
+    """The VLM of `run`'s answer to `question` about the image file `image`, until its `<eos>` or `max_tokens` words
+    (default: as many as its LM has positions for): greedy, or sampled at `temperature` from the `top_k` words with a
+    generator seeded by `seed` (the same seed, the same answer)."""
     model, tok, _ = load_vlm(run, device)
     encode_question(tok, question)                                         # unknown words: an error before any work
     img = read_image(image, model.vision.image_size)[None]
-    return answer(model, tok, [question], images=img)[0]
+    generator = torch.Generator(device).manual_seed(seed)
+    return answer(model, tok, [question], images=img, max_new_tokens=max_tokens, temperature=temperature,
+                  top_k=top_k, generator=generator)[0]
 
 # %% ../nbs/08_vlm_eval.ipynb #c67972a5
 def add_vlm_args(parser: argparse.ArgumentParser) -> None:
@@ -272,6 +341,13 @@ def add_vlm_args(parser: argparse.ArgumentParser) -> None:
     p.add_argument('image', help='image file (PNG, JPEG, ...; any size)')
     p.add_argument('question', help='e.g. "what colour is the circle?"')
     p.add_argument('--device', default='cpu', help="'cpu', 'cuda' or 'cuda:1', ...; default: cpu")
+    p.add_argument('--max-tokens', type=int, default=None,
+                   help="at most this many answer words (default: until the VLM's <eos>, or its LM's last position)")
+    p.add_argument('--temperature', type=float, default=0., help='0: greedy (default); above 0: sample the words')
+    p.add_argument('--top-k', type=int, default=0, help='with --temperature: sample among the k likeliest words '
+                                                        '(default: 0, all)')
+    p.add_argument('--seed', type=int, default=0,
+                   help='seed of the sampling (default: 0): the same seed, the same answer')
     p = sub.add_parser('demo', help='train the demo VLM (VLM_DEMO) and a blind baseline on a SigLIP tower, '
                                     'evaluate, report')
     p.add_argument('--siglip', default='runs/demo', help='SigLIP run folder (default: runs/demo, from minisiglip demo)')
@@ -298,7 +374,8 @@ def run_vlm(args: argparse.Namespace) -> int:
     "`minisiglip vlm SUBCOMMAND` (bad input reaches the user as one line through `cli.main`)."
     from minisiglip.train import dataclass_from_args
     if args.vlm_command == 'ask':
-        print(ask(args.run, args.image, args.question, args.device))
+        print(ask(args.run, args.image, args.question, args.device, args.max_tokens, args.temperature, args.top_k,
+                  args.seed) or EMPTY_ANSWER)
     elif args.vlm_command == 'pretrain-lm':
         _, _, state = pretrain_lm(dataclass_from_args(LMTrainConfig, args))
         print(f"step {state['step']}: loss {state['history']['loss'][-1]:.4f} on {state['n_tokens']:,} tokens "
@@ -312,6 +389,10 @@ def run_vlm(args: argparse.Namespace) -> int:
         if args.n_eval:
             metrics = evaluate_vlm(model, tok, args.n_eval, seed=args.seed)      # dev scenes: for comparing runs
             print('\n\n'.join(vqa_table(metrics, split) for split in EVAL_SPLITS))
+            if args.stages == 2 or cfg.task == 'caption': print(caption_report(evaluate_captions(
+                model, tok, args.n_eval, seed=args.seed)))
+            if cfg.phrasings:
+                print('\n' + phrasing_table(evaluate_phrasings(model, tok, args.n_eval, seed=args.seed)))
     else:
         metrics = vlm_demo(args.siglip, args.out, *vlm_demo_configs(args), n_eval=args.n_eval)
         print(vlm_report(metrics) + f'\nrun folder: {args.out}')

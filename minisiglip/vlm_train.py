@@ -23,7 +23,7 @@ from .checkpoint import save_checkpoint, latest_checkpoint, read_state, load_wei
 from .vlm import VLM, VLMConfig, TinyLM
 from .hf import load_siglip
 from .vqa import (VQASet, make_vqa, vqa_tokenizer, encode_question, EOS, FAMILIES, caption_set,
-                            text_tokenizer, text_corpus, RELATION_MARGIN)
+                            text_tokenizer, text_corpus, RELATION_MARGIN, phrasing_words)
 
 # %% auto #0
 __all__ = ['IGNORE', 'VLM_PRECISIONS', 'TASKS', 'encode_qa', 'take_rows', 'answer_loss', 'parse_per_family', 'VLMTrainConfig',
@@ -99,6 +99,7 @@ class VLMTrainConfig:
     relation_min_objects: int = 2  # relation questions only about scenes with at least this many objects: see below
     prior: str = ''               # a blind VLM run whose answer log-probabilities join the logits (see below)
     task: str = 'vqa'             # 'vqa' (the questions) or 'caption' (DESCRIBE -> the scene's description)
+    phrasings: bool = False       # ask each question in one of its family's vqa.PHRASINGS, not only the template
     lm: str = ''                  # a text-pretrained LM run (pretrain_lm) the VLM's LM starts from: see below
     init: str = ''                # a VLM run whose weights this run starts from (stage 2 from stage 1): see below
     precision: str = 'fp32'       # 'fp32', 'bf16' (the forward under bfloat16 autocast) or 'auto': see below
@@ -304,7 +305,7 @@ def put_lm(model: VLM, lm: TinyLM) -> None:
 def start_of(cfg: VLMTrainConfig) -> tuple[nn.Module | None, Tokenizer]:
     """What a run starts from, the VLM of `cfg.init`, the text LM of `cfg.lm` or None, and the words its VLM speaks:
     that checkpoint's (a `ValueError` naming the task's words it lacks) or the task's own vocabulary."""
-    needed = text_tokenizer() if cfg.task == 'caption' else vqa_tokenizer()
+    needed = text_tokenizer() if cfg.task == 'caption' else vqa_tokenizer(phrasing_words() if cfg.phrasings else ())
     if not (cfg.init or cfg.lm): return None, needed
     start, tok, _ = load_vlm(cfg.init) if cfg.init else load_lm(cfg.lm)
     missing = sorted(set(needed.vocab) - set(tok.vocab))
@@ -418,7 +419,8 @@ def train_vlm(cfg: VLMTrainConfig, vlm_cfg: VLMConfig = VLMConfig()) -> tuple[VL
     model = model.to(device).train()
     prior = load_prior(cfg.prior, tok, device) if cfg.prior else None
     data = prune_relations(make_vqa(cfg.n_images, 'train', seed=cfg.seed, image_size=tower.image_size,
-                                    per_image=cfg.per_image()), cfg.relation_min_objects)
+                                    per_image=cfg.per_image(), phrasing='train' if cfg.phrasings else 'template'),
+                           cfg.relation_min_objects)
     if cfg.augment: data = augment_set(data, cfg.augment, cfg.seed)
     if cfg.task == 'caption': data = caption_set(data)
     weight_of = parse_per_family(cfg.family_weights)

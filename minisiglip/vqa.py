@@ -5,6 +5,7 @@
 # %% ../nbs/07a_vqa.ipynb #43d1803d
 from __future__ import annotations
 import random
+import re
 from collections import Counter
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -14,10 +15,11 @@ from .data import (SPECIALS, COLOURS, SHAPES, HELD_OUT, RELATIONS, Tokenizer, Sh
                              render_scenes, caption_scene, shapes_words, _relation, _sample_scene)
 
 # %% auto #0
-__all__ = ['FAMILIES', 'COUNT_WORDS', 'SIDES', 'EOS', 'RELATION_MARGIN', 'ANSWERS', 'QUESTION_WORDS', 'ASK', 'SPLITS',
-           'CONTROLLED', 'TEST_SCENES', 'DESCRIBE', 'chance', 'vqa_tokenizer', 'encode_question', 'ask_existence',
-           'ask_colour', 'ask_shape', 'ask_count', 'ask_position', 'ask_relation', 'VQASet', 'held_out_scenes',
-           'make_vqa', 'describe_scene', 'caption_set', 'text_tokenizer', 'text_corpus']
+__all__ = ['FAMILIES', 'COUNT_WORDS', 'SIDES', 'EOS', 'RELATION_MARGIN', 'ANSWERS', 'QUESTION_WORDS', 'ASK', 'PHRASINGS',
+           'HELD_OUT_PHRASINGS', 'PHRASING_SETS', 'SPLITS', 'CONTROLLED', 'TEST_SCENES', 'DESCRIBE', 'chance',
+           'vqa_tokenizer', 'encode_question', 'ask_existence', 'ask_colour', 'ask_shape', 'ask_count', 'ask_position',
+           'ask_relation', 'phrasings_of', 'phrasing_words', 'rephrase', 'VQASet', 'held_out_scenes', 'make_vqa',
+           'describe_scene', 'caption_set', 'text_tokenizer', 'text_corpus']
 
 # %% ../nbs/07a_vqa.ipynb #8684f5db
 FAMILIES = ('existence', 'colour', 'shape', 'count', 'position', 'relation')
@@ -121,6 +123,41 @@ def ask_relation(scene, rng, target=None, absent_pairs=()):
 ASK: dict[str, Callable] = {'existence': ask_existence, 'colour': ask_colour, 'shape': ask_shape, 'count': ask_count,
                             'position': ask_position, 'relation': ask_relation}
 
+# %% ../nbs/07a_vqa.ipynb #1c34cf7f
+PHRASINGS = {   # per family: the template (what ask_* write), then the other forms a run with phrasings trains on
+    'existence': ('is there a {name}', 'is a {name} there', 'is there a {name} object'),
+    'colour': ('what colour is the {shape}', 'what is the colour of the {shape}', 'what colour is the {shape} object'),
+    'shape': ('what shape is the {colour} object', 'the {colour} object is what shape',
+              'what shape is the {colour} one'),
+    'count': ('how many objects are there', 'how many objects', 'how many objects are on the picture'),
+    'position': ('where is the {name}', 'where is the {name} object', 'the {name} is where'),
+    'relation': ('what is {rel} the {name}', 'what object is {rel} the {name}', '{rel} the {name} is what')}
+HELD_OUT_PHRASINGS = {   # never trained: each family's question in a form the other families' phrasings suggest
+    'existence': ('is a {name} object there',), 'colour': ('the {shape} object is what colour',),
+    'shape': ('what is the shape of the {colour} object',), 'count': ('how many are there',),
+    'position': ('the {name} object is where',), 'relation': ('what object is there {rel} the {name}',)}
+PHRASING_SETS = ('template', 'train', 'held_out')
+_SLOTS = {'colour': '|'.join(COLOURS), 'shape': '|'.join(SHAPES), 'rel': '|'.join(RELATIONS),
+          'name': f"(?:{'|'.join(COLOURS)}) (?:{'|'.join(SHAPES)})"}
+
+def phrasings_of(which: str) -> dict[str, tuple[str, ...]]:
+    "The forms per family of one of `PHRASING_SETS`: the template alone, the training phrasings or the held-out ones."
+    if which not in PHRASING_SETS: raise ValueError(f"phrasing must be one of {PHRASING_SETS}, got {which!r}")
+    return ({f: forms[:1] for f, forms in PHRASINGS.items()} if which == 'template'
+            else PHRASINGS if which == 'train' else HELD_OUT_PHRASINGS)
+
+def phrasing_words() -> list[str]:
+    "Every word of every phrasing (the slots' values are answer words, already in `vqa_tokenizer`)."
+    return [w for forms in (*PHRASINGS.values(), *HELD_OUT_PHRASINGS.values()) for form in forms
+            for w in split_words(re.sub(r'\{\w+\}', ' ', form))]
+
+def rephrase(question: str, family: str, form: str) -> str:
+    "The template `question` of `family` asked in `form`: its slots read off the template and written into `form`."
+    pattern = re.sub(r'\\\{(\w+)\\\}', lambda m: f'(?P<{m[1]}>{_SLOTS[m[1]]})', re.escape(PHRASINGS[family][0]))
+    match = re.fullmatch(pattern, question)
+    if match is None: raise ValueError(f"{question!r} is not the template of {family!r}: {PHRASINGS[family][0]!r}")
+    return form.format(**match.groupdict())
+
 # %% ../nbs/07a_vqa.ipynb #dcd9cc5e
 SPLITS = ('train', 'seen', 'held_out')
 
@@ -167,11 +204,15 @@ def _control(family: str, scene: list, rng: random.Random) -> tuple[str, str] | 
     return next((qa for o in seen if (qa := ASK[family](scene, rng, o))), None)
 
 def make_vqa(n_images: int, split: str = 'train', seed: int = 0, image_size: int = 32,
-             families: Sequence[str] = FAMILIES, per_image: dict[str, int] | None = None) -> VQASet:
+             families: Sequence[str] = FAMILIES, per_image: dict[str, int] | None = None,
+             phrasing: str = 'template') -> VQASet:
     """Questions about `n_images` scenes of `split` ('train', 'seen' or 'held_out'), reproducible from `seed`:
     up to `per_image[family]` different questions of a family per image (default 1); on `held_out` scenes also a
-    colour and a shape control about a seen pair where the scene has one."""
+    colour and a shape control about a seen pair where the scene has one. Each question is in its family's template,
+    or with `phrasing` 'train' or 'held_out' in one of those phrasings, drawn per question (the same questions and
+    answers as the template's: only the words change)."""
     if split not in SPLITS: raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    forms = phrasings_of(phrasing)
     if n_images < 1: raise ValueError(f"n_images must be at least 1, got {n_images}")
     unknown = set(families) - set(FAMILIES)
     if unknown: raise ValueError(f"unknown question families {sorted(unknown)}; choose from {FAMILIES}")
@@ -194,6 +235,9 @@ def make_vqa(n_images: int, split: str = 'train', seed: int = 0, image_size: int
             rows += [(i, q, a, family, about) for q, a in sorted(asked)]
             if split == 'held_out' and family in CONTROLLED and (qa := _control(family, scene, rng)):
                 rows.append((i, *qa, family, False))
+    if phrasing != 'template':                                         # its own draws: the questions stay the same
+        prng = random.Random(f'phrasing-{phrasing}-{split}-{seed}')
+        rows = [(i, rephrase(q, f, prng.choice(forms[f])), a, f, about) for i, q, a, f, about in rows]
     image, qs, ans, fams, about = zip(*rows) if rows else ((),) * 5
     return VQASet(images, scenes, torch.tensor(image, dtype=torch.long), list(qs), list(ans), list(fams), list(about))
 
