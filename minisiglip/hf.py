@@ -95,7 +95,8 @@ def hf_config(cfg: SigLIPConfig) -> dict:
     mlp = lambda part: getattr(cfg, f'{part}_mlp_dim') or int(getattr(cfg, f'{part}_width') * cfg.mlp_ratio)
     common = dict(hidden_act=act, layer_norm_eps=cfg.ln_eps, attention_dropout=0.0)
     kind = 'siglip2' if cfg.max_patches else 'siglip'
-    size = dict(num_patches=(cfg.image_size // cfg.patch_size) ** 2) if cfg.max_patches else dict(image_size=cfg.image_size)
+    grid = cfg.image_size // cfg.patch_size
+    size = dict(num_patches=grid ** 2) if cfg.max_patches else dict(image_size=cfg.image_size)
     text = dict(model_type=f'{kind}_text_model', vocab_size=cfg.vocab_size, hidden_size=cfg.txt_width,
                 intermediate_size=mlp('txt'), num_hidden_layers=cfg.txt_depth, num_attention_heads=cfg.txt_heads,
                 max_position_embeddings=cfg.context_length, pad_token_id=cfg.pad_id, projection_size=cfg.embed_dim,

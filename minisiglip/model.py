@@ -95,7 +95,8 @@ class SigLIPConfig:
 PRESETS = {
     'tiny':  dict(patch_size=4, vit_stem=32, vit_width=96, vit_depth=2, vit_heads=4, txt_width=96, txt_depth=2, txt_heads=4, embed_dim=96),
     'tiny_wide': dict(patch_size=4, vit_stem=32, vit_width=128, vit_depth=1, vit_heads=4, txt_width=96, txt_depth=1, txt_heads=4, embed_dim=96),
-    'micro': dict(patch_size=4, vit_width=64, vit_depth=1, vit_heads=2, txt_width=64, txt_depth=1, txt_heads=2, embed_dim=64),
+    'micro': dict(patch_size=4, vit_width=64, vit_depth=1, vit_heads=2, txt_width=64, txt_depth=1, txt_heads=2,
+                  embed_dim=64),
     'small': dict(patch_size=4, vit_width=384, vit_depth=6, vit_heads=6, txt_width=384, txt_depth=6, txt_heads=6, embed_dim=384),
 }
 

@@ -158,7 +158,8 @@ def parse_aspects(text: str) -> tuple[float, ...]:
     try: ratios = tuple(float(t) for t in text.split(','))
     except ValueError: ratios = ()
     if not ratios or not all(0.125 <= r <= 8 for r in ratios):
-        raise ValueError(f"aspects must be comma-separated width:height ratios in [1/8, 8] such as '2,0.5', got {text!r}")
+        raise ValueError(f"aspects must be comma-separated width:height ratios in [1/8, 8] such as '2,0.5', "
+                         f"got {text!r}")
     return ratios
 
 def scene_size(aspect: float, short: int) -> tuple[int, int]:
@@ -175,7 +176,7 @@ def stretch_scene(scene: list[dict], height: int, width: int) -> list[dict]:
     return [{**o, 'x': o['x'] * sx, 'y': o['y'] * sy, 'r': o['r'] * sr} for o in scene]
 
 def render_canvas(scenes: list[list[dict]], height: int, width: int) -> Tensor:
-    "Images `(n, 3, height, width)` of `stretch_scene`d scenes: `data.render_scenes` on the longer side's square, cropped."
+    "Images `(n, 3, height, width)` of `stretch_scene`d scenes: `data.render_scenes` on the longer side, cropped."
     return render_scenes(scenes, max(height, width))[:, :, :height, :width].contiguous()
 
 class AspectShapesDataset(ImageCaptionDataset):

@@ -298,7 +298,8 @@ def tower_config(cfg: TrainConfig) -> SigLIPConfig:
     patch count). What `siglip2.tower_inputs` needs to prepare the images before the model exists."""
     base = read_config(cfg.init_hf) if cfg.init_hf else SigLIPConfig.preset(cfg.preset, image_size=cfg.image_size)
     if not cfg.naflex: return base
-    return dataclasses.replace(base, vit_stem=0, max_patches=cfg.max_patches or (cfg.image_size // base.patch_size) ** 2)
+    budget = cfg.max_patches or (cfg.image_size // base.patch_size) ** 2
+    return dataclasses.replace(base, vit_stem=0, max_patches=budget)
 
 # %% ../nbs/05_train.ipynb #62f0f416
 def make_loss(cfg: TrainConfig, world: int):

@@ -21,7 +21,7 @@ import pytest
 NBS = Path(__file__).resolve().parent.parent / 'nbs'
 GENERATED = ['index.ipynb', '03_data.ipynb', '06a_demo.ipynb', '06b_demo_recipes.ipynb', '08_vlm_eval.ipynb',   # the notebooks whose
              '08a_vlm_lessons.ipynb', '08b_vlm_recipes.ipynb', '09_paper.ipynb',       # prose quotes saved results
-             '09c_paper_trials.ipynb']
+             '09c_paper_trials.ipynb', '09b_siglip2.ipynb']
 OTHER_CPU = {'ATEN_CPU_CAPABILITY': 'avx2',        # PyTorch's own vectorised kernels (reductions, elementwise)
              'MKL_ENABLE_INSTRUCTIONS': 'AVX2',    # MKL's matrix products
              'ONEDNN_MAX_CPU_ISA': 'AVX2'}         # oneDNN's (no AMX, no AVX-512)
