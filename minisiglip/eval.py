@@ -23,6 +23,7 @@ from .checkpoint import latest_checkpoint
 from .distributed import pick_device, DEVICES
 from .model import SigLIP
 from .hf import SigLIPTokenizer, load_siglip
+from .siglip2 import tower_inputs
 
 # %% auto #0
 __all__ = ['OBJECT_TEMPLATES', 'COUNT_TEMPLATES', 'PAIRS', 'zero_shot_accuracy', 'recall_at_k', 'chance_recall', 'embed',
@@ -70,11 +71,15 @@ def chance_recall(positives: Tensor, ks: Sequence[int] = (1, 5, 10)) -> dict[str
 
 # %% ../nbs/06_eval.ipynb #edd2c64d
 @torch.no_grad()
-def embed(model: nn.Module, images: Tensor | None = None, tokens: Tensor | None = None, batch_size: int = 256) -> Tensor:
-    "Normalised embeddings (float32, on CPU) of `images` or `tokens`, encoded in batches on the model's device."
+def embed(model: nn.Module, images: Tensor | list[Tensor] | None = None, tokens: Tensor | None = None,
+          batch_size: int = 256) -> Tensor:
+    """Normalised embeddings (float32, on CPU) of `images` or `tokens`, encoded in batches on the model's device.
+    Images go in as the model's tower takes them (`siglip2.tower_inputs`): NaFlex batches at their own aspect ratios
+    for a NaFlex model (`cfg.max_patches` > 0), squares otherwise; a list may hold images of any sizes."""
     x, enc = (images, model.encode_image) if images is not None else (tokens, model.encode_text)
+    prepare = (lambda b: tower_inputs(b, model.cfg)) if images is not None and hasattr(model, 'cfg') else (lambda b: b)
     device = next(model.parameters()).device
-    return torch.cat([enc(x[i:i + batch_size].to(device)).float().cpu()          # metrics are small: computed on CPU
+    return torch.cat([enc(prepare(x[i:i + batch_size]).to(device)).float().cpu()   # metrics are small: on CPU
                       for i in range(0, len(x), batch_size)])
 
 def class_embeddings(model: nn.Module, tok: Tokenizer, prompts: dict[Hashable, list[str]]) -> Tensor:

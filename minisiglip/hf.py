@@ -73,7 +73,8 @@ def siglip_config(hf: dict) -> SigLIPConfig:
         vocab_size=text['vocab_size'], context_length=text['max_position_embeddings'], pad_id=text['pad_token_id'],
         txt_width=text['hidden_size'], txt_depth=text['num_hidden_layers'], txt_heads=text['num_attention_heads'],
         txt_mlp_dim=text['intermediate_size'], embed_dim=embed_dim, vit_proj=False, txt_pool='last',
-        act=HF_ACTIVATIONS[act], ln_eps=_same_in_both(text, vision, 'layer_norm_eps'))
+        act=HF_ACTIVATIONS[act], ln_eps=_same_in_both(text, vision, 'layer_norm_eps'),
+        max_patches=vision['num_patches'] if kind == 'siglip2' else 0)   # NaFlex: the processor's default budget
 
 # %% ../nbs/10_hf.ipynb #97954601
 def hf_incompatibilities(cfg: SigLIPConfig) -> list[str]:
@@ -85,20 +86,26 @@ def hf_incompatibilities(cfg: SigLIPConfig) -> list[str]:
 
 def hf_config(cfg: SigLIPConfig) -> dict:
     """The transformers `config.json` dict of a model with the released options; a `ValueError` listing those it lacks.
-    Dropout acts only in training and is not written (transformers' SigLIP has attention dropout only)."""
+    A NaFlex model (`cfg.max_patches` > 0) is a SigLIP 2 one (`Siglip2Model`), its learned positions a square grid of
+    `num_patches`. Dropout acts only in training and is not written (transformers' SigLIP has attention dropout
+    only)."""
     problems = hf_incompatibilities(cfg)
     if problems: raise ValueError("transformers' SiglipModel cannot express " + '; '.join(problems))
     act = {'gelu_tanh': 'gelu_pytorch_tanh', 'gelu': 'gelu'}[cfg.act]
     mlp = lambda part: getattr(cfg, f'{part}_mlp_dim') or int(getattr(cfg, f'{part}_width') * cfg.mlp_ratio)
     common = dict(hidden_act=act, layer_norm_eps=cfg.ln_eps, attention_dropout=0.0)
-    text = dict(model_type='siglip_text_model', vocab_size=cfg.vocab_size, hidden_size=cfg.txt_width,
+    kind = 'siglip2' if cfg.max_patches else 'siglip'
+    grid = cfg.image_size // cfg.patch_size
+    size = dict(num_patches=grid ** 2) if cfg.max_patches else dict(image_size=cfg.image_size)
+    text = dict(model_type=f'{kind}_text_model', vocab_size=cfg.vocab_size, hidden_size=cfg.txt_width,
                 intermediate_size=mlp('txt'), num_hidden_layers=cfg.txt_depth, num_attention_heads=cfg.txt_heads,
                 max_position_embeddings=cfg.context_length, pad_token_id=cfg.pad_id, projection_size=cfg.embed_dim,
                 **common)
-    vision = dict(model_type='siglip_vision_model', hidden_size=cfg.vit_width, intermediate_size=mlp('vit'),
+    vision = dict(model_type=f'{kind}_vision_model', hidden_size=cfg.vit_width, intermediate_size=mlp('vit'),
                   num_hidden_layers=cfg.vit_depth, num_attention_heads=cfg.vit_heads, num_channels=3,
-                  image_size=cfg.image_size, patch_size=cfg.patch_size, vision_use_head=True, **common)
-    return dict(architectures=['SiglipModel'], model_type='siglip', text_config=text, vision_config=vision)
+                  patch_size=cfg.patch_size, vision_use_head=True, **size, **common)
+    return dict(architectures=['Siglip2Model' if cfg.max_patches else 'SiglipModel'], model_type=kind,
+                text_config=text, vision_config=vision)
 
 # %% ../nbs/10_hf.ipynb #ef81920b
 _TO_HF = [  # (our name part, transformers' name part), applied in this order
@@ -126,7 +133,7 @@ def hf_name(name: str) -> tuple[str, int | None]:
     return name, None
 
 # %% ../nbs/10_hf.ipynb #d4631d39
-from .siglip2 import linear_as_conv
+from .siglip2 import linear_as_conv, conv_as_linear
 
 # %% ../nbs/10_hf.ipynb #df20e25e
 _IGNORED = ('.position_ids',)               # buffers older transformers versions saved; derived from the length
@@ -166,6 +173,7 @@ def to_hf_state(model: SigLIP) -> dict[str, Tensor]:
     for name, t in model.state_dict().items():
         key, block = hf_name(name)
         if block is not None: qkv.setdefault(key, [None] * 3)[block] = t
+        elif name == 'image.patch.weight' and model.cfg.max_patches: out[key] = conv_as_linear(t)  # SigLIP 2: linear
         else: out[key] = t.reshape(1) if t.ndim == 0 else t.squeeze(0) if name.endswith('.pos') else t
     out.update({k: torch.cat(parts) for k, parts in qkv.items()})
     return {k: v.detach().contiguous() for k, v in out.items()}
@@ -211,7 +219,8 @@ TOKENIZER_FILES = ('tokenizer.json', 'spiece.model', 'tokenizer_config.json', 's
                    'preprocessor_config.json')
 
 def save_siglip(model: SigLIP, path: str | Path, tokenizer_from: str | Path | None = None) -> Path:
-    """Write `model` as a transformers SigLIP folder (`config.json`, `model.safetensors`) that `SiglipModel` loads; with
+    """Write `model` as a transformers SigLIP folder (`config.json`, `model.safetensors`) that `SiglipModel` loads (a
+    NaFlex model, `cfg.max_patches` > 0: a SigLIP 2 folder that `Siglip2Model` loads); with
     `tokenizer_from` (e.g. the folder a fine-tuned model came from), also copy its tokenizer and processor files."""
     config = hf_config(model.cfg)                                 # before anything is written
     path = Path(path); path.mkdir(parents=True, exist_ok=True)

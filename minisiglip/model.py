@@ -56,6 +56,9 @@ class SigLIPConfig:
     txt_pool: str = 'map'       # 'map': padding masked, MAP head; 'last': SigLIP's, nothing masked, the last position
     act: str = 'gelu_tanh'      # MLP activation: 'gelu_tanh' (big_vision; HF's gelu_pytorch_tanh) or 'gelu' (erf)
     ln_eps: float = 1e-5        # LayerNorm epsilon: PyTorch's default; SigLIP's checkpoints use 1e-6
+    # SigLIP 2's NaFlex (`09b_siglip2`)
+    max_patches: int = 0        # > 0: the tower takes images of any aspect ratio as NaFlex batches of at most this
+                                # many patches (evaluation builds them: `eval.embed`); 0: square images only
 
     def __post_init__(self):
         if self.patch_size < 1: raise ValueError(f"patch_size must be >= 1, got {self.patch_size}")
@@ -76,10 +79,14 @@ class SigLIPConfig:
         if not self.vit_proj and self.embed_dim != self.vit_width:
             raise ValueError(f"vit_proj=False makes the MAP output the embedding: embed_dim {self.embed_dim} "
                              f"must equal vit_width {self.vit_width}")
+        if self.max_patches < 0: raise ValueError(f"max_patches must be >= 0 (0: no NaFlex), got {self.max_patches}")
+        if self.max_patches and self.vit_stem:
+            raise ValueError("max_patches > 0 (NaFlex) embeds each patch on its own: it needs vit_stem=0 (patchify)")
 
     @classmethod
     def preset(cls, name: str, **overrides) -> SigLIPConfig:
-        "A named size (`'tiny'`, `'tiny_wide'`: CPU in minutes; `'small'`: a GPU), with any field overridden by keyword."
+        """A named size (`'tiny'`, `'tiny_wide'`: CPU in minutes; `'micro'`, patchify and one block a tower: studies of
+        many runs on CPU; `'small'`: a GPU), with any field overridden by keyword."""
         if name not in PRESETS: raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
         unknown = set(overrides) - {f.name for f in fields(cls)}
         if unknown: raise ValueError(f"unknown SigLIPConfig fields {sorted(unknown)}")
@@ -88,6 +95,8 @@ class SigLIPConfig:
 PRESETS = {
     'tiny':  dict(patch_size=4, vit_stem=32, vit_width=96, vit_depth=2, vit_heads=4, txt_width=96, txt_depth=2, txt_heads=4, embed_dim=96),
     'tiny_wide': dict(patch_size=4, vit_stem=32, vit_width=128, vit_depth=1, vit_heads=4, txt_width=96, txt_depth=1, txt_heads=4, embed_dim=96),
+    'micro': dict(patch_size=4, vit_width=64, vit_depth=1, vit_heads=2, txt_width=64, txt_depth=1, txt_heads=2,
+                  embed_dim=64),
     'small': dict(patch_size=4, vit_width=384, vit_depth=6, vit_heads=6, txt_width=384, txt_depth=6, txt_heads=6, embed_dim=384),
 }
 

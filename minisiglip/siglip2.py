@@ -10,11 +10,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
-from .model import ViT
+import random
+from .model import ViT, SigLIPConfig
+from .data import (COLOURS, SHAPES, HELD_OUT, ImageCaptionDataset, render_scenes, caption_scene,
+                             _sample_scene)
 
 # %% auto #0
 __all__ = ['naflex_size', 'patchify', 'conv_as_linear', 'linear_as_conv', 'axis_weights', 'resize_positions', 'NaFlexBatch',
-           'naflex_batch']
+           'naflex_batch', 'parse_aspects', 'scene_size', 'stretch_scene', 'render_canvas', 'AspectShapesDataset',
+           'tower_inputs']
 
 # %% ../nbs/09b_siglip2.ipynb #2bf896de
 def naflex_size(height: int, width: int, patch_size: int, max_patches: int) -> tuple[int, int]:
@@ -98,9 +102,24 @@ class NaFlexBatch:
         "`(B, N)` bool, True on real patches: what attention and the MAP head may read."
         return torch.arange(self.patches.shape[1], device=self.shapes.device) < self.shapes.prod(1, keepdim=True)
 
-    def to(self, device: torch.device | str) -> NaFlexBatch:
+    def __len__(self) -> int: return len(self.patches)
+
+    def __getitem__(self, idx: int | slice | Tensor | list[int]) -> NaFlexBatch:
+        "The images `idx` as a batch of their own (an int gives a batch of one): a dataset's `load` indexes it."
+        if isinstance(idx, int): idx = [idx]
+        return NaFlexBatch(self.patches[idx], self.shapes[idx])
+
+    @property
+    def device(self) -> torch.device: return self.patches.device
+
+    def pin_memory(self) -> NaFlexBatch:
+        "The batch in page-locked memory, which a GPU copies from asynchronously (`train.get_batch`)."
+        return NaFlexBatch(self.patches.pin_memory(), self.shapes.pin_memory())
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> NaFlexBatch:
         "The batch on `device`."
-        return NaFlexBatch(self.patches.to(device), self.shapes.to(device))
+        return NaFlexBatch(self.patches.to(device, non_blocking=non_blocking),
+                           self.shapes.to(device, non_blocking=non_blocking))
 
     def embed(self, vit: ViT) -> tuple[Tensor, Tensor]:
         """`vit`'s input tokens `(B, N, width)`: each patch embedded by the patchify matrix plus its position in the
@@ -131,3 +150,67 @@ def naflex_batch(images: list[Tensor], patch_size: int, max_patches: int) -> NaF
         patches.append(F.pad(patchify(im, patch_size), (0, 0, 0, max_patches - n)))
         shapes.append((h // patch_size, w // patch_size))
     return NaFlexBatch(torch.stack(patches), torch.tensor(shapes, dtype=torch.long, device=patches[0].device))
+
+# %% ../nbs/09b_siglip2.ipynb #773ec790
+def parse_aspects(text: str) -> tuple[float, ...]:
+    "`'2,0.5'` -> `(2.0, 0.5)`: scene aspect ratios, width over height, each in [1/8, 8]; `''` -> `()`: square scenes."
+    if not text.strip(): return ()
+    try: ratios = tuple(float(t) for t in text.split(','))
+    except ValueError: ratios = ()
+    if not ratios or not all(0.125 <= r <= 8 for r in ratios):
+        raise ValueError(f"aspects must be comma-separated width:height ratios in [1/8, 8] such as '2,0.5', "
+                         f"got {text!r}")
+    return ratios
+
+def scene_size(aspect: float, short: int) -> tuple[int, int]:
+    "`(height, width)` in pixels of a canvas of `aspect` (width / height) whose shorter side is `short` pixels."
+    return (short, round(short * aspect)) if aspect >= 1 else (round(short / aspect), short)
+
+def stretch_scene(scene: list[dict], height: int, width: int) -> list[dict]:
+    """A scene drawn in the unit square laid out across a `height x width` canvas: centres stretched with the
+    canvas's sides, radii scaled with its shorter side, every coordinate a fraction of its longer side (so distances
+    are in pixels, as `data.caption_scene` judges relations). Stretching moves centres apart by at least the
+    radii's factor: no two objects come to overlap, and none leaves the canvas."""
+    long = max(height, width)
+    sx, sy, sr = width / long, height / long, min(height, width) / long
+    return [{**o, 'x': o['x'] * sx, 'y': o['y'] * sy, 'r': o['r'] * sr} for o in scene]
+
+def render_canvas(scenes: list[list[dict]], height: int, width: int) -> Tensor:
+    "Images `(n, 3, height, width)` of `stretch_scene`d scenes: `data.render_scenes` on the longer side, cropped."
+    return render_scenes(scenes, max(height, width))[:, :, :height, :width].contiguous()
+
+class AspectShapesDataset(ImageCaptionDataset):
+    """`n` shapes scenes on canvases of the width:height ratios `aspects` in turn (scene i at `aspects[i % k]`),
+    shorter side `image_size`: `images` is a list of `(3, H_i, W_i)` tensors, `scenes` in canvas coordinates
+    (`stretch_scene`). Objects, colour–shape pairs, the held-out pairs of the train split and the captions follow
+    `data.ShapesDataset`; the captions are drawn from the stretched scenes."""
+    def __init__(self, n: int, aspects: tuple[float, ...] = (2., .5), split: str = 'train', seed: int = 0,
+                 image_size: int = 32, max_objects: int = 3):
+        if split not in ('train', 'val'): raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+        if n < 1 or not aspects: raise ValueError(f"need n >= 1 and at least one aspect, got {n} and {aspects}")
+        pairs = [(c, s) for c in COLOURS for s in SHAPES if split == 'val' or (c, s) not in HELD_OUT]
+        rng = random.Random(f'aspect-shapes-{split}-{seed}')
+        sizes = [scene_size(aspects[i % len(aspects)], image_size) for i in range(n)]
+        self.split = split
+        self.scenes = [stretch_scene(_sample_scene(rng, max_objects, pairs), *hw) for hw in sizes]
+        images = [None] * n
+        for hw in dict.fromkeys(sizes):                                  # each canvas size rendered at once
+            idx = [i for i, size in enumerate(sizes) if size == hw]
+            for i, im in zip(idx, render_canvas([self.scenes[i] for i in idx], *hw)): images[i] = im
+        super().__init__(images, [caption_scene(s, rng) for s in self.scenes])
+        self.held_out = torch.tensor([any((o['colour'], o['shape']) in HELD_OUT for o in s) for s in self.scenes])
+
+    def load(self, idx: Tensor) -> list[Tensor]:
+        "The images of the pairs `idx`, a list (their sizes differ)."
+        return [self.images[i] for i in idx.tolist()]
+
+def tower_inputs(images: Tensor | list[Tensor], cfg: SigLIPConfig) -> Tensor | NaFlexBatch:
+    """What the image tower of `cfg` takes for images in [0, 1]: a NaFlex tower (`cfg.max_patches` > 0) a
+    `NaFlexBatch` of them at their own aspect ratios; a fixed-resolution one `(n, 3, S, S)`, a list's images
+    squashed to its square (antialiased bilinear, as NaFlex resizes) unless already S x S. A tensor reaches a
+    fixed-resolution tower as it is: the tower checks its size."""
+    if cfg.max_patches: return naflex_batch(list(images), cfg.patch_size, cfg.max_patches)
+    if isinstance(images, Tensor): return images
+    S = cfg.image_size
+    squash = lambda im: F.interpolate(im[None], size=(S, S), mode='bilinear', align_corners=False, antialias=True)[0]
+    return torch.stack([im if im.shape[-2:] == (S, S) else squash(im) for im in images])

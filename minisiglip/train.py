@@ -29,14 +29,15 @@ from .streaming import open_pairs, is_shards, DecodedCache, Augmented
 from .model import SigLIP, SigLIPConfig
 from .checkpoint import (CKPT_PREFIX, save_checkpoint, checkpoints, latest_checkpoint, read_state,
                                    read_tensors, load_weights, optimizer_state, rng_to_text, rng_from_text)
-from .hf import SigLIPTokenizer, load_siglip, hf_image_size
+from .hf import SigLIPTokenizer, load_siglip, hf_image_size, read_config
+from .siglip2 import AspectShapesDataset, parse_aspects, tower_inputs
 from .siglip2_recipe import check_recipe, add_recipe
 
 # %% auto #0
 __all__ = ['LOSSES', 'NOISE_KINDS', 'PRECISIONS', 'RINGS', 'SCHEDULES', 'RUN_ONLY', 'STEP_STATS', 'AUTOCAST', 'LEGACY', 'READS',
            'check_schedule', 'TrainConfig', 'lr_at', 'batch_indices', 'build_data', 'hf_tokenizer', 'check_same_data',
-           'builtin_data', 'get_batch', 'train_batches', 'Throughput', 'corrupt_batch', 'build_model', 'make_loss',
-           'setup_processes', 'load_checkpoint', 'tokenizer_from_dict', 'load_image_tower', 'fast_bf16',
+           'builtin_data', 'get_batch', 'train_batches', 'Throughput', 'corrupt_batch', 'build_model', 'tower_config',
+           'make_loss', 'setup_processes', 'load_checkpoint', 'tokenizer_from_dict', 'load_image_tower', 'fast_bf16',
            'tf32_products', 'run_precision', 'compile_towers', 'logit_means', 'check_finite', 'train_step',
            'kernel_ids', 'make_optimizer', 'evaluate_loss', 'gather_rng', 'resume_weights', 'config_diff', 'train',
            'agreed_checkpoint', 'resume_state', 'adam_step_bound', 'plot_logits', 'counting_reads', 'counting_syncs',
@@ -99,6 +100,11 @@ class TrainConfig:
                                   # no mirror where a caption says left or right (03b); evaluation never
     n_train: int = 20_000         # training pairs generated for 'shapes' (the order is reshuffled every epoch)
     image_size: int = 32          # side of the (square) images in pixels (with init_hf: the checkpoint's)
+    aspects: str = ''             # 'shapes' on canvases of these width:height ratios in turn, e.g. '2,0.5', shorter
+                                  # side image_size (09b_siglip2): squashed to squares, or with naflex as they are
+    naflex: bool = False          # SigLIP 2's NaFlex (09b_siglip2): images at their own aspect ratios resized to fit
+                                  # max_patches patches, the padding masked; the tower patchifies (vit_stem 0)
+    max_patches: int = 0          # with naflex: the sequence budget in patches (0: (image_size / patch_size)**2)
     noise: str = 'none'           # corrupt a fraction of every training batch: one of NOISE_KINDS (the paper's Fig. 7)
     noise_frac: float = 0.        # the fraction of pairs of each batch that `noise` corrupts
     init_image: str = ''          # a run folder whose image tower (and image size) this run starts from
@@ -146,6 +152,15 @@ class TrainConfig:
         if self.timeout <= 0: raise ValueError(f"timeout must be positive, got {self.timeout}")
         if self.init_hf and self.init_image:
             raise ValueError("init_hf and init_image both give the image tower: choose one")
+        if parse_aspects(self.aspects) and self.data != 'shapes':
+            raise ValueError(f"aspects lays out 'shapes' scenes: data must be 'shapes', got {self.data!r}")
+        if self.max_patches < 0: raise ValueError(f"max_patches must be >= 0, got {self.max_patches}")
+        if self.max_patches and not self.naflex: raise ValueError("max_patches is NaFlex's budget: pass naflex too")
+        if self.naflex and self.data not in ('shapes', 'digits'):
+            raise ValueError("naflex trains on the built-in data: your files are read as square crops (03_data)")
+        if self.naflex and self.noise == 'image': raise ValueError("noise 'image' draws square images: not with naflex")
+        if self.naflex and (self.silc or self.tips or self.locca or self.augment):
+            raise ValueError("silc, tips, locca and augment crop, mask or flip square images: not with naflex (yet)")
         check_recipe(self)                                             # --silc/--tips/--locca settings, checked now
 
 # %% ../nbs/05_train.ipynb #dc2be77a
@@ -178,7 +193,11 @@ def batch_indices(seed: int, step: int, n_data: int, batch_size: int, rank: int 
 def build_data(cfg: TrainConfig) -> tuple[ImageCaptionDataset, ImageCaptionDataset, Tokenizer, dict]:
     "`(train_ds, val_ds, tokenizer, info)` for `cfg.data`: built-in shapes or digits, or your pairs' file or folder."
     if cfg.data in ('shapes', 'digits'):
-        train_ds, val_ds, tok = builtin_data(cfg.data, cfg.n_train, cfg.seed, cfg.image_size)
+        train_ds, val_ds, tok = builtin_data(cfg.data, cfg.n_train, cfg.seed, cfg.image_size, cfg.aspects)
+        if cfg.naflex or cfg.aspects:                   # once, as the tower takes them: NaFlex batches or squares
+            tower = tower_config(cfg)
+            train_ds, val_ds = (ImageCaptionDataset(tower_inputs(ds.images, tower), ds.captions)
+                                for ds in (train_ds, val_ds))
         return train_ds, val_ds, hf_tokenizer(cfg) or tok, {}
     if not (Path(cfg.data).exists() or is_shards(cfg.data)):
         raise ValueError(f"data must be 'shapes', 'digits', an existing caption file or folder, or .tar shards, "
@@ -204,10 +223,15 @@ def check_same_data(saved: dict, info: dict, ckpt: Path) -> None:
                          f"then, {info.get('pairs')} now): its train/validation split would not hold")
 
 @functools.lru_cache(maxsize=4)
-def builtin_data(name: str, n_train: int, seed: int,
-                 image_size: int) -> tuple[ImageCaptionDataset, ImageCaptionDataset, Tokenizer]:
+def builtin_data(name: str, n_train: int, seed: int, image_size: int,
+                 aspects: str = '') -> tuple[ImageCaptionDataset, ImageCaptionDataset, Tokenizer]:
     """The built-in datasets, generated once per process and setting: a study of many short runs (`09_paper`) would
-    otherwise spend as long drawing 20,000 scenes as training on them. Nothing in training modifies them."""
+    otherwise spend as long drawing 20,000 scenes as training on them. Nothing in training modifies them. `aspects`
+    (shapes only): scenes on canvases of these width:height ratios (`siglip2.AspectShapesDataset`)."""
+    if name == 'shapes' and aspects:
+        ratios = parse_aspects(aspects)
+        return (AspectShapesDataset(n_train, ratios, 'train', seed=seed, image_size=image_size),
+                AspectShapesDataset(1000, ratios, 'val', seed=seed, image_size=image_size), Tokenizer.for_shapes())
     if name == 'shapes':
         return (ShapesDataset(n_train, 'train', seed=seed, image_size=image_size),
                 ShapesDataset(1000, 'val', seed=seed, image_size=image_size), Tokenizer.for_shapes())
@@ -287,13 +311,23 @@ def build_model(cfg: TrainConfig, tokenizer: Tokenizer) -> SigLIP:
         model = load_siglip(cfg.init_hf)
         if model.cfg.image_size != cfg.image_size:
             raise ValueError(f"image_size {cfg.image_size} differs from the checkpoint's {model.cfg.image_size}")
-    else: model = SigLIP(SigLIPConfig.preset(cfg.preset, vocab_size=tokenizer.vocab_size, pad_id=tokenizer.pad_id,
-                                             context_length=tokenizer.context_length, image_size=cfg.image_size,
+        model.cfg = tower_config(cfg)                                 # with naflex: its budget
+    else: model = SigLIP(dataclasses.replace(tower_config(cfg), vocab_size=tokenizer.vocab_size,
+                                             pad_id=tokenizer.pad_id, context_length=tokenizer.context_length,
                                              init_scale=cfg.init_scale, init_bias=cfg.init_bias))
     if cfg.init_image: load_image_tower(model, cfg.init_image)
     if cfg.freeze_image: model.image.requires_grad_(False)         # out of AdamW and DDP: a locked tower (LiT)
     if cfg.loss == 'softmax': model.logit.bias.requires_grad_(False)   # CLIP has no bias: keep it out of AdamW and DDP
     return model
+
+def tower_config(cfg: TrainConfig) -> SigLIPConfig:
+    """The config of the model `build_model` makes for `cfg`, text sizes aside: the preset's (or `cfg.init_hf`'s) at
+    `cfg.image_size`, and with `cfg.naflex` the patchify stem and the budget (`cfg.max_patches`, or the square image's
+    patch count). What `siglip2.tower_inputs` needs to prepare the images before the model exists."""
+    base = read_config(cfg.init_hf) if cfg.init_hf else SigLIPConfig.preset(cfg.preset, image_size=cfg.image_size)
+    if not cfg.naflex: return base
+    budget = cfg.max_patches or (cfg.image_size // base.patch_size) ** 2
+    return dataclasses.replace(base, vit_stem=0, max_patches=budget)
 
 # %% ../nbs/05_train.ipynb #62f0f416
 def make_loss(cfg: TrainConfig, world: int):
@@ -559,7 +593,7 @@ def resume_state(ckpt: Path, state: dict, model: nn.Module, optimizer: torch.opt
     diff = config_diff(saved['config'], state['config'])
     # e.g. a preset changed
     diff += sorted(f'model.{k}' for k in state['model_config']
-                   if saved['model_config'].get(k) != state['model_config'][k])
+                   if saved['model_config'].get(k, getattr(SigLIPConfig, k, None)) != state['model_config'][k])
     if diff: raise ValueError(f"cannot resume {ckpt}: its config differs from this run's in {diff}")
     if state['data']: check_same_data(saved.get('data', {}), state['data'], ckpt)
     resume_weights(model, optimizer, ckpt, saved.pop('optimizer_param_groups'))

@@ -27,7 +27,7 @@ def test_train_help_reads_the_config_comments(run_env):
     assert res.returncode == 0, res.stderr
     help = ' '.join(res.stdout.split())
     assert "--workers WORKERS DataLoader processes decoding your images" in help
-    assert "--preset {tiny,tiny_wide,small}" in help and 'side of the (square) images in pixels' in help
+    assert "--preset {tiny,tiny_wide,micro,small}" in help and 'side of the (square) images in pixels' in help
 
 
 def test_unknown_subcommand_is_a_usage_error(run_env):
@@ -101,3 +101,32 @@ def test_eval_reports_chance_levels_and_multi_label(run_env, tmp_path):
     assert set(ml['chance']) == {'exact_set', 'precision', 'recall', 'map', 'r_precision'}
     for line in ('| multi-label mAP |', '| i2t R@1 among 40 (same content) |', '| zero-shot colour |'):
         assert line in res.stdout, res.stdout
+
+
+def test_train_naflex_on_wide_and_tall_scenes_then_eval(run_env, tmp_path):
+    """`train --naflex --max-patches` on wide and tall scenes: a few steps through the one loop leave a NaFlex model;
+    `eval` embeds NaFlex batches, and on square scenes at the native grid (budget 64 = 8 x 8 patches) the NaFlex
+    path gives the fixed-resolution path's embeddings and metrics (the same weights with max_patches 0)."""
+    import dataclasses, json
+    from minisiglip.eval import embed, evaluate
+    from minisiglip.model import SigLIP
+    from minisiglip.train import TrainConfig, load_checkpoint
+    from minisiglip.data import ShapesDataset
+    res = minisiglip('train', '--preset', 'micro', '--naflex', '--max-patches', '64', '--aspects', '2,0.5',
+                     '--steps', '3', '--batch-size', '16', '--n-train', '64', '--eval-every', '0', '--device', 'cpu',
+                     '--out', str(tmp_path / 'run'), env=run_env)
+    assert res.returncode == 0, res.stderr
+    model, tok, state = load_checkpoint(tmp_path / 'run')
+    assert (model.cfg.max_patches, model.cfg.vit_stem, state['config']['naflex']) == (64, 0, True)
+    res = minisiglip('eval', str(tmp_path / 'run'), '--n', '60', '--device', 'cpu', '--json', str(tmp_path / 'e.json'),
+                     env=run_env)
+    assert res.returncode == 0, res.stderr
+    fixed = SigLIP(dataclasses.replace(model.cfg, max_patches=0)).eval()
+    fixed.load_state_dict(model.state_dict())
+    images = ShapesDataset(60, 'val').images
+    torch.testing.assert_close(embed(model, images), embed(fixed, images), atol=1e-5, rtol=0)
+    ours, plain = json.loads((tmp_path / 'e.json').read_text()), evaluate(fixed, tok, 'shapes', 60, seed=0)
+    assert (ours['zero_shot'], ours['retrieval']) == (plain['zero_shot'], plain['retrieval'])
+    with pytest.raises(ValueError, match='pass naflex too'): TrainConfig(max_patches=64)
+    with pytest.raises(ValueError, match='square crops'): TrainConfig(naflex=True, data=str(tmp_path))
+    with pytest.raises(ValueError, match="data must be 'shapes'"): TrainConfig(aspects='2', data='digits')

@@ -199,3 +199,38 @@ def test_siglip2_naflex_square_images_at_the_native_grid_take_the_plain_path(tmp
     with torch.no_grad():
         theirs = hf.get_image_features(**inputs)
         torch.testing.assert_close(ours.image(images), getattr(theirs, 'pooler_output', theirs), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize('shape', NAFLEX)
+def test_our_naflex_model_saves_as_a_siglip2_folder_with_the_same_features(shape, tmp_path):
+    """A random NaFlex model of ours (`max_patches` > 0, every weight perturbed) saved by `save_siglip`: transformers'
+    `Siglip2Model` loads the folder, and its features of images at their own aspect ratios (through its own
+    processor) equal ours within 1e-5."""
+    import dataclasses
+    from transformers import Siglip2Config, Siglip2Model, Siglip2ImageProcessor
+    from minisiglip.hf import siglip_config
+    from minisiglip.model import SigLIP
+    from minisiglip.siglip2 import naflex_batch
+    torch.manual_seed(2)
+    text, vision, budget = NAFLEX[shape]
+    hf_cfg = Siglip2Config(text_config=dict(vocab_size=80, max_position_embeddings=16, **text), vision_config=vision)
+    ours = SigLIP(dataclasses.replace(siglip_config(hf_cfg.to_dict()), max_patches=budget)).eval()
+    with torch.no_grad():
+        for p in ours.parameters(): p.add_(0.05 * torch.randn_like(p))
+    folder = save_siglip(ours, tmp_path / 'ours')
+    assert json.loads((folder / 'config.json').read_text())['model_type'] == 'siglip2'
+    hf = Siglip2Model.from_pretrained(folder).eval()
+    images = [torch.rand(3, h, w) for h, w in ASPECTS]
+    inputs = Siglip2ImageProcessor(patch_size=vision['patch_size'], max_num_patches=budget)(
+        images, do_rescale=False, return_tensors='pt')
+    ids = torch.randint(2, 80, (len(images), 16))
+    pooled = lambda out: getattr(out, 'pooler_output', out)
+    with torch.no_grad():
+        batch = naflex_batch(images, vision['patch_size'], budget)
+        torch.testing.assert_close(ours.image(batch), pooled(hf.get_image_features(**inputs)), atol=1e-5, rtol=0)
+        torch.testing.assert_close(ours.text(ids), pooled(hf.get_text_features(input_ids=ids)), atol=1e-5, rtol=0)
+        zimg, ztxt, scale, bias = ours(batch, ids)
+        out = hf(input_ids=ids, **inputs)
+        torch.testing.assert_close(scale * zimg @ ztxt.T + bias, out.logits_per_image, atol=1e-4, rtol=1e-5)
+    back = load_siglip(folder)                                        # and back: the same model, budget aside
+    assert back.cfg == dataclasses.replace(ours.cfg, max_patches=vision['num_patches'])
