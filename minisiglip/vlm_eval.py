@@ -28,9 +28,9 @@ from .demo import DEMO_PRECISION
 # %% auto #0
 __all__ = ['EVAL_SPLITS', 'VLM_DEMO_V1', 'VLM_DEMO_V1_TRAIN', 'VLM_DEMO', 'VLM_DEMO_TRAIN', 'BLIND_STEPS', 'EMPTY_ANSWER',
            'answer_room', 'answer', 'longest_answer', 'vqa_accuracy', 'evaluation_sets', 'evaluate_vlm', 'vqa_table',
-           'plot_answers', 'vlm_demo', 'vlm_report', 'token_f1', 'caption_metrics', 'evaluate_captions',
-           'caption_report', 'evaluate_phrasings', 'phrasing_table', 'attention_weights', 'answer_attention',
-           'relation_outcomes', 'apply_overrides', 'run_arm', 'ask', 'add_vlm_args', 'vlm_demo_configs', 'run_vlm']
+           'plot_answers', 'vlm_demo', 'vlm_report', 'attention_weights', 'answer_attention', 'relation_outcomes',
+           'token_f1', 'caption_metrics', 'evaluate_captions', 'caption_report', 'evaluate_phrasings', 'phrasing_table',
+           'apply_overrides', 'run_arm', 'ask', 'add_vlm_args', 'vlm_demo_configs', 'run_vlm']
 
 # %% ../nbs/08_vlm_eval.ipynb #f7f91c43
 def answer_room(model: VLM, n_words: int) -> int:
@@ -186,6 +186,43 @@ def vlm_report(metrics: dict) -> str:
                       *(line(split, metrics[key]) for split, key in EVAL_SPLITS.items() if key in metrics),
                       line('blind (seen)', metrics['blind'])])
 
+# %% ../nbs/08_vlm_eval.ipynb #e6475590
+def attention_weights(attn: Attention, x: Tensor) -> Tensor:
+    "Causal self-attention probabilities `(B, heads, L, L)` of `attn` on its input `x`: what `attend` weighs `v` by."
+    B, L, D = x.shape
+    split = lambda y: y.view(B, L, attn.heads, D // attn.heads).transpose(1, 2)
+    scores = split(attn.q(x)) @ split(attn.k(x)).transpose(-1, -2) / math.sqrt(D // attn.heads)
+    return scores.masked_fill(~causal_mask(L, L, x.device), float('-inf')).softmax(-1)
+
+@torch.no_grad()
+def answer_attention(model: VLM, tok: Tokenizer, question: str, image: Tensor) -> Tensor:
+    """`(layers, heads, n_visual)`: the attention that the position predicting the first answer word pays to each
+    visual token, per LM layer and head, for `question` about `image` `(3, S, S)`. Prefix fusion only: there the
+    visual tokens are LM positions (cross-attention reads them through other layers)."""
+    if model.cfg.fusion != 'prefix':
+        raise ValueError(f"answer_attention reads a prefix fusion's self-attention; this VLM's is {model.cfg.fusion!r}")
+    inputs = []
+    hooks = [b.attn.register_forward_hook(lambda m, args, out: inputs.append(args[0])) for b in model.lm.blocks]
+    try: model(torch.tensor([encode_question(tok, question)]), images=image[None])
+    finally:
+        for h in hooks: h.remove()
+    last = [attention_weights(b.attn, x)[0, :, -1] for b, x in zip(model.lm.blocks, inputs)]   # (heads, L) each
+    return torch.stack(last)[..., :model.n_visual]
+
+# %% ../nbs/08_vlm_eval.ipynb #810e8d69
+def relation_outcomes(data: VQASet, preds: list[str]) -> dict[int, dict[str, int]]:
+    """Answers `preds` to the relation questions `data`, by the scene's object count: `n` questions, `right`, and the
+    wrong ones by what they name: the `reference` (the object the question names), the `third object` (the scene's
+    other object, in another direction) or a name `absent` from the scene."""
+    out = {}
+    for question, truth, pred, i in zip(data.questions, data.answers, preds, data.image.tolist()):
+        names = {f"{o['colour']} {o['shape']}" for o in data.scenes[i]}
+        kind = ('right' if pred == truth else 'reference' if pred == question.rsplit(' the ', 1)[1]
+                else 'third object' if pred in names else 'absent')
+        counts = out.setdefault(len(names), dict.fromkeys(('n', 'right', 'reference', 'third object', 'absent'), 0))
+        counts['n'] += 1; counts[kind] += 1
+    return out
+
 # %% ../nbs/08_vlm_eval.ipynb #042685b2
 def token_f1(pred: str, truth: str) -> float:
     "F1 of the words `pred` and `truth` share, counted as multisets: partial credit for a partly right caption."
@@ -228,43 +265,6 @@ def phrasing_table(metrics: dict[str, dict[str, float]]) -> str:
     rows = [f"| {f} | " + ' | '.join(f'{100 * m[f]:.1f}%' for m in metrics.values()) + ' |'
             for f in next(iter(metrics.values()))]
     return '\n'.join([f'| family (seen) | {head} |', '|---' * (len(metrics) + 1) + '|', *rows])
-
-# %% ../nbs/08_vlm_eval.ipynb #e6475590
-def attention_weights(attn: Attention, x: Tensor) -> Tensor:
-    "Causal self-attention probabilities `(B, heads, L, L)` of `attn` on its input `x`: what `attend` weighs `v` by."
-    B, L, D = x.shape
-    split = lambda y: y.view(B, L, attn.heads, D // attn.heads).transpose(1, 2)
-    scores = split(attn.q(x)) @ split(attn.k(x)).transpose(-1, -2) / math.sqrt(D // attn.heads)
-    return scores.masked_fill(~causal_mask(L, L, x.device), float('-inf')).softmax(-1)
-
-@torch.no_grad()
-def answer_attention(model: VLM, tok: Tokenizer, question: str, image: Tensor) -> Tensor:
-    """`(layers, heads, n_visual)`: the attention that the position predicting the first answer word pays to each
-    visual token, per LM layer and head, for `question` about `image` `(3, S, S)`. Prefix fusion only: there the
-    visual tokens are LM positions (cross-attention reads them through other layers)."""
-    if model.cfg.fusion != 'prefix':
-        raise ValueError(f"answer_attention reads a prefix fusion's self-attention; this VLM's is {model.cfg.fusion!r}")
-    inputs = []
-    hooks = [b.attn.register_forward_hook(lambda m, args, out: inputs.append(args[0])) for b in model.lm.blocks]
-    try: model(torch.tensor([encode_question(tok, question)]), images=image[None])
-    finally:
-        for h in hooks: h.remove()
-    last = [attention_weights(b.attn, x)[0, :, -1] for b, x in zip(model.lm.blocks, inputs)]   # (heads, L) each
-    return torch.stack(last)[..., :model.n_visual]
-
-# %% ../nbs/08_vlm_eval.ipynb #810e8d69
-def relation_outcomes(data: VQASet, preds: list[str]) -> dict[int, dict[str, int]]:
-    """Answers `preds` to the relation questions `data`, by the scene's object count: `n` questions, `right`, and the
-    wrong ones by what they name: the `reference` (the object the question names), the `third object` (the scene's
-    other object, in another direction) or a name `absent` from the scene."""
-    out = {}
-    for question, truth, pred, i in zip(data.questions, data.answers, preds, data.image.tolist()):
-        names = {f"{o['colour']} {o['shape']}" for o in data.scenes[i]}
-        kind = ('right' if pred == truth else 'reference' if pred == question.rsplit(' the ', 1)[1]
-                else 'third object' if pred in names else 'absent')
-        counts = out.setdefault(len(names), dict.fromkeys(('n', 'right', 'reference', 'third object', 'absent'), 0))
-        counts['n'] += 1; counts[kind] += 1
-    return out
 
 # %% ../nbs/08_vlm_eval.ipynb #ece07e64
 def apply_overrides(base: VLMConfig, train_cfg: VLMTrainConfig, overrides: dict,

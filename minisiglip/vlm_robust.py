@@ -157,7 +157,7 @@ def repeat_grad_changes(select: Callable[[Tensor, Tensor], Tensor] = cached_rows
 
 @contextmanager
 def rows_by_indexing():
-    "Inside it, `KVCache.select` repeats rows by `k[index]`, as before issue 35: for measuring what that varied."
+    "Inside it, `KVCache.select` repeats rows by `k[index]`, as it did before: for measuring what that varied."
     fixed = KVCache.select
     def select(self, index: Tensor) -> None: self.k, self.v = self.k[index], self.v[index]
     KVCache.select = select
