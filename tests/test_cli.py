@@ -65,7 +65,7 @@ def test_vlm_train_and_ask(run_env, tmp_path):
     res = minisiglip('vlm', 'ask', str(vlm), str(image), 'How many objects are there?', env=run_env)
     assert res.returncode == 0, res.stderr
     from minisiglip.vqa import vqa_tokenizer
-    from minisiglip.vlm_eval import EMPTY_ANSWER
+    from minisiglip.vlm_cli import EMPTY_ANSWER
     answer = res.stdout.rstrip('\n').split('\n')[-1]
     assert answer == EMPTY_ANSWER or set(answer.split()) <= set(vqa_tokenizer().vocab[3:]), answer   # untrained: any
     for args, message in (([str(vlm), str(tmp_path / 'missing.png'), 'how many objects are there'], 'image file not found'),

@@ -38,7 +38,7 @@ def test_pretrain_lm_then_two_stages_then_ask(run_env, tmp_path):
     save_image(ShapesDataset(1, 'val').images[0], image)
     res = minisiglip('vlm', 'ask', vlm / 'stage2', image, 'how many objects are there', env=run_env)
     assert res.returncode == 0, res.stderr
-    from minisiglip.vlm_eval import EMPTY_ANSWER
+    from minisiglip.vlm_cli import EMPTY_ANSWER
     said = res.stdout.rstrip('\n').split('\n')[-1]
     assert said == EMPTY_ANSWER or set(said.split()) <= set(tok.vocab[3:]), res.stdout   # untrained: any words
 

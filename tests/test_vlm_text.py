@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from minisiglip.vlm_eval import EMPTY_ANSWER
+from minisiglip.vlm_cli import EMPTY_ANSWER
 
 
 @pytest.fixture(scope='module')
