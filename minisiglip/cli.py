@@ -22,7 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     'eval':   ('minisiglip.eval',   'evaluate a checkpoint: zero-shot accuracy and retrieval recall'),
     'demo':   ('minisiglip.demo',   'the main job: train a tiny SigLIP on built-in data, evaluate, write a run folder'),
     'shards': ('minisiglip.streaming', 'write your pairs (a folder, CSV or JSONL) as WebDataset .tar shards'),
-    'vlm':    ('minisiglip.vlm_cli', 'the tiny VLM on a SigLIP tower: vlm train, vlm ask, vlm demo'),
+    'vlm':    ('minisiglip.vlm_cli', 'the tiny VLM on a SigLIP tower: vlm pretrain-lm, train, ask, demo'),
 }
 
 # %% ../nbs/11_cli.ipynb #b3acc6d2
