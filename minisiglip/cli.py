@@ -15,9 +15,11 @@ __all__ = ['COMMANDS', 'INPUT_ERRORS', 'build_parser', 'field_docs', 'undocument
 
 # %% ../nbs/11_cli.ipynb #ad01d291
 COMMANDS: dict[str, tuple[str, str]] = {
-    'losses': ('minisiglip.losses', 'compare the sigmoid and softmax losses on a random batch (values, gradient norms, time)'),
+    'losses': ('minisiglip.losses',
+               'compare the sigmoid and softmax losses on a random batch (values, gradient norms, time)'),
     'bench':  ('minisiglip.bench',  'benchmark loss implementations side by side: a table on screen, JSON on disk'),
-    'distributed': ('minisiglip.distributed', 'one measured ring / all-gather loss step per rank; run it under torchrun'),
+    'distributed': ('minisiglip.distributed',
+                    'one measured ring / all-gather loss step per rank; run it under torchrun'),
     'train':  ('minisiglip.train',  'train a SigLIP model (single process or under torchrun)'),
     'eval':   ('minisiglip.eval',   'evaluate a checkpoint: zero-shot accuracy and retrieval recall'),
     'demo':   ('minisiglip.demo',   'the main job: train a tiny SigLIP on built-in data, evaluate, write a run folder'),
@@ -70,7 +72,8 @@ def field_docs(cls) -> dict[str, str]:
 
 # %% ../nbs/11_cli.ipynb #609e009f
 def undocumented_flags(parser: argparse.ArgumentParser, path: str = 'minisiglip') -> list[str]:
-    "Each flag or argument of `parser` and its subcommands (`'minisiglip vlm train --x'`) whose help is empty or a default."
+    """Each flag or argument of `parser` and its subcommands (`'minisiglip vlm train --x'`) whose help is empty or a
+    default."""
     out = []
     for a in parser._actions:
         if isinstance(a, argparse._SubParsersAction):
@@ -107,5 +110,6 @@ def main(argv: list[str] | None = None) -> int:
         return status
 
 # %% ../nbs/11_cli.ipynb #cd98de9b
-if __name__ == '__main__' and '__file__' in globals():   # `python -m minisiglip.cli`, e.g. under torchrun; not in a notebook
+# `python -m minisiglip.cli`, e.g. under torchrun; not in a notebook
+if __name__ == '__main__' and '__file__' in globals():
     sys.exit(main())

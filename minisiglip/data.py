@@ -35,7 +35,8 @@ def split_words(text: str) -> list[str]:
 
 # %% ../nbs/03_data.ipynb #53d70199
 class Tokenizer:
-    "Word-level tokenizer: text -> `(n, context_length)` ids, 0-padded and truncated. Small, exact, and stored as JSON in checkpoints."
+    """Word-level tokenizer: text -> `(n, context_length)` ids, 0-padded and truncated. Small, exact, and stored as
+    JSON in checkpoints."""
     pad_id, unk_id = 0, 1
 
     def __init__(self, vocab: Sequence[str], context_length: int = 16):
@@ -51,7 +52,8 @@ class Tokenizer:
 
     @classmethod
     def from_corpus(cls, texts: Sequence[str], context_length: int = 16, min_freq: int = 1) -> Tokenizer:
-        "Vocabulary of the words seen at least `min_freq` times, most frequent first (ties alphabetical, so it is deterministic)."
+        """Vocabulary of the words seen at least `min_freq` times, most frequent first (ties alphabetical, so it is
+        deterministic)."""
         counts = Counter(w for t in texts for w in split_words(t))
         words = sorted((w for w, c in counts.items() if c >= min_freq), key=lambda w: (-counts[w], w))
         return cls(SPECIALS + tuple(words), context_length)
@@ -106,7 +108,8 @@ RGB = {'red': (0.9, 0.1, 0.1), 'green': (0.1, 0.75, 0.2), 'blue': (0.15, 0.3, 1.
        'purple': (0.6, 0.2, 0.8), 'cyan': (0.1, 0.85, 0.9), 'white': (0.95, 0.95, 0.95)}
 RADIUS = {'small': 0.12, 'large': 0.2}  # half the object's extent, as a fraction of the image side
 BACKGROUND = (0.1, 0.1, 0.1)
-# Colour–shape pairs never drawn in the train split: each colour and shape still appears in train, only the pair is new.
+# Colour–shape pairs never drawn in the train split: each colour and shape still appears in train,
+# only the pair is new.
 HELD_OUT = (('red', 'triangle'), ('green', 'circle'), ('blue', 'cross'), ('yellow', 'square'))
 
 # %% ../nbs/03_data.ipynb #0cdbb4f9
@@ -119,7 +122,8 @@ def _inside(shape: str, dx: Tensor, dy: Tensor) -> Tensor:
     raise ValueError(f"unknown shape {shape!r}; expected one of {SHAPES}")
 
 def render_scenes(scenes: Sequence[Sequence[dict]], image_size: int = 32) -> Tensor:
-    "Images `(n, 3, S, S)` in [0, 1] of scenes given as lists of objects (dicts with colour, shape, centre x, y and radius r, as fractions of the side)."
+    """Images `(n, 3, S, S)` in [0, 1] of scenes given as lists of objects (dicts with colour, shape, centre x, y and
+    radius r, as fractions of the side)."""
     S, n = image_size, len(scenes)
     images = torch.tensor(BACKGROUND).view(1, 3, 1, 1).repeat(n, 1, S, S)
     c = (torch.arange(S) + 0.5) / S                                 # pixel centres in [0, 1]
@@ -188,7 +192,8 @@ def shapes_words() -> list[str]:
 
 # %% ../nbs/03_data.ipynb #e39d7243
 class ImageCaptionDataset(Dataset):
-    "In-memory image–caption pairs (`images` `(n, 3, S, S)` float in [0, 1], one caption each): one tensor, so a batch is one index."
+    """In-memory image–caption pairs (`images` `(n, 3, S, S)` float in [0, 1], one caption each): one tensor, so a
+    batch is one index."""
     def __init__(self, images: Tensor, captions: Sequence[str]):
         if len(images) != len(captions): raise ValueError(f"{len(images)} images but {len(captions)} captions")
         self.images, self.captions = images, list(captions)
@@ -242,7 +247,8 @@ def digits_words() -> list[str]:
 
 # %% ../nbs/03_data.ipynb #f249ffd0
 class DigitsDataset(ImageCaptionDataset):
-    "scikit-learn's bundled 8x8 handwritten digits as RGB image–caption pairs; a deterministic `val_frac` split by `seed`."
+    """scikit-learn's bundled 8x8 handwritten digits as RGB image–caption pairs; a deterministic `val_frac` split by
+    `seed`."""
     def __init__(self, split: str = 'train', seed: int = 0, image_size: int = 32, val_frac: float = 0.2):
         if split not in ('train', 'val'): raise ValueError(f"split must be 'train' or 'val', got {split!r}")
         if not 0 < val_frac < 1: raise ValueError(f"val_frac must be in (0, 1), got {val_frac}")
@@ -273,7 +279,8 @@ def decode_bytes(data: bytes, image_size: int, name: str | Path) -> Tensor:
         try:
             from PIL import Image
             import io, numpy as np
-            with Image.open(io.BytesIO(data)) as im: img = torch.from_numpy(np.array(im.convert('RGB'))).permute(2, 0, 1)
+            with Image.open(io.BytesIO(data)) as im:
+                img = torch.from_numpy(np.array(im.convert('RGB'))).permute(2, 0, 1)
         except Exception as e: raise ValueError(f"cannot read image {name}: {e}") from None
     img = center_crop(resize(img, [image_size], antialias=True), [image_size, image_size])
     return img.float() / 255
@@ -369,7 +376,8 @@ class CaptionFileDataset(Dataset):
             except ValueError as e:
                 if not skip_bad: raise ValueError(f"{e} (pass skip_bad / --skip-bad to leave such pairs out)") from None
                 self.skipped.append(str(e))
-        if not self.files: raise ValueError(f"no usable image–caption pairs in {self.path} ({self.describe_skipped()})")
+        if not self.files: raise ValueError(f"no usable image–caption pairs in {self.path} "
+                                            f"({self.describe_skipped()})")
 
     def __len__(self) -> int: return len(self.files)
 

@@ -36,7 +36,8 @@ __all__ = ['OBJECT_TEMPLATES', 'COUNT_TEMPLATES', 'PAIRS', 'zero_shot_accuracy',
 # %% ../nbs/06_eval.ipynb #750037e5
 def zero_shot_accuracy(sim: Tensor, labels: Tensor) -> float:
     "Fraction of rows of `sim` `(n_images, n_classes)` whose largest entry is at the row's class index `labels[i]`."
-    if sim.ndim != 2 or labels.shape != sim.shape[:1]: raise ValueError(f"need sim (n, c) and labels (n,), got {tuple(sim.shape)} and {tuple(labels.shape)}")
+    if sim.ndim != 2 or labels.shape != sim.shape[:1]: raise ValueError(f"need sim (n, c) and labels (n,), got "
+                                                                        f"{tuple(sim.shape)} and {tuple(labels.shape)}")
     return (sim.argmax(1) == labels.to(sim.device)).float().mean().item()
 
 # %% ../nbs/06_eval.ipynb #8dd55831
@@ -44,8 +45,10 @@ def recall_at_k(sim: Tensor, positives: Tensor | None = None, ks: Sequence[int] 
     """Image->text and text->image recall@k of `sim` `(n_images, n_texts)`: the fraction of queries with a positive
     among their top k. `positives[i, j]` says text j describes image i (default: the diagonal)."""
     if positives is None: positives = torch.eye(*sim.shape, dtype=torch.bool)
-    if positives.shape != sim.shape: raise ValueError(f"positives must match sim's shape {tuple(sim.shape)}, got {tuple(positives.shape)}")
-    if not positives.any(1).all() or not positives.any(0).all(): raise ValueError("every image and every text needs at least one positive")
+    if positives.shape != sim.shape: raise ValueError(f"positives must match sim's shape {tuple(sim.shape)}, "
+                                                      f"got {tuple(positives.shape)}")
+    if not positives.any(1).all() or not positives.any(0).all(): raise ValueError("every image and every text "
+                                                                                  "needs at least one positive")
     positives = positives.to(sim.device)
     out = {}
     for k in ks:
@@ -108,7 +111,8 @@ def task_prompts(task: str, n_fill: int = 30, seed: int = 0) -> dict[Hashable, l
     if task == 'count':
         rng = random.Random(seed)
         obj = lambda: f'{rng.choice(COLOURS)} {rng.choice(SHAPES)}'
-        return {k: [rng.choice(ts).format(a=obj(), b=obj(), c=obj()) for _ in range(n_fill)] for k, ts in COUNT_TEMPLATES.items()}
+        return {k: [rng.choice(ts).format(a=obj(), b=obj(), c=obj()) for _ in range(n_fill)]
+                for k, ts in COUNT_TEMPLATES.items()}
     raise ValueError(f"unknown task {task!r}: expected colour, shape, pair, count or digit")
 
 # %% ../nbs/06_eval.ipynb #41df8a12
@@ -132,7 +136,8 @@ def zero_shot_shapes(model: nn.Module, tok: Tokenizer, n: int = 500, seed: int =
     held = torch.tensor([p in HELD_OUT for p in pairs])
     by_pair = scores('pair', zs)
     best_pair = [by_pair[0][j] for j in by_pair[1].argmax(1).tolist()]
-    return {'colour': acc(scores('colour', zs), [o['colour'] for o in objs]), 'shape': acc(scores('shape', zs), [o['shape'] for o in objs]),
+    return {'colour': acc(scores('colour', zs), [o['colour'] for o in objs]),
+            'shape': acc(scores('shape', zs), [o['shape'] for o in objs]),
             'shape_via_pair': sum(b[1] == o['shape'] for b, o in zip(best_pair, objs)) / len(objs),
             'count': acc(scores('count', zm), [len(s) for s in multi.scenes]),
             'held_out_pairs': acc(by_pair, pairs, held), 'seen_pairs': acc(by_pair, pairs, ~held)}
@@ -239,7 +244,8 @@ def same_key(keys: Sequence[Hashable]) -> Tensor:
     t = torch.tensor([ids[k] for k in keys])
     return t[:, None] == t[None, :]
 
-def retrieval(model: nn.Module, tok: Tokenizer, images: Tensor, captions: Sequence[str], keys: Sequence[Hashable]) -> dict:
+def retrieval(model: nn.Module, tok: Tokenizer, images: Tensor, captions: Sequence[str],
+              keys: Sequence[Hashable]) -> dict:
     """Recall@1/5/10 both ways with `keys`-equality positives, plus `exact_caption` R@1 (identical strings
     only), each with its `chance_r{k}` and `matches_per_image` (the positives are symmetric, so text->image
     chance is the same)."""
@@ -261,7 +267,8 @@ def zero_shot_chance(data: str = 'shapes') -> dict[str, float]:
     return {'colour': c['colour'], 'shape': c['shape'], 'shape_via_pair': c['shape'], 'count': c['count'],
             'held_out_pairs': c['pair'], 'seen_pairs': c['pair']}       # the pairs are picked among all 28
 
-def evaluate(model: nn.Module, tok: Tokenizer, data: str = 'shapes', n: int = 1000, seed: int = 0, image_size: int = 32) -> dict:
+def evaluate(model: nn.Module, tok: Tokenizer, data: str = 'shapes', n: int = 1000, seed: int = 0,
+             image_size: int = 32) -> dict:
     """All metrics for a model trained on `data`, on validation data: `{'zero_shot': {task: acc},
     'retrieval': {...}, 'zero_shot_chance': {task: acc}}`, and for shapes `'multi_label'` (`multi_label_shapes`
     on n/2 scenes)."""
@@ -337,8 +344,10 @@ def plot_history(history: dict, ax=None):
     import matplotlib.pyplot as plt
     if ax is None: _, ax = plt.subplots(figsize=(6, 3.5), dpi=80)
     ax.plot(range(1, len(history['loss']) + 1), history['loss'], lw=1, label='train (batch)')
-    if history['val']: ax.plot([v['step'] for v in history['val']], [v['loss'] for v in history['val']], 'o-', label='validation')
-    ax.set_yscale('log'); ax.set_xlabel('step'); ax.set_ylabel('loss (per image)'); ax.legend(); ax.set_title('training loss')
+    if history['val']: ax.plot([v['step'] for v in history['val']],
+                               [v['loss'] for v in history['val']], 'o-', label='validation')
+    ax.set_yscale('log'); ax.set_xlabel('step'); ax.set_ylabel('loss (per image)')
+    ax.legend(); ax.set_title('training loss')
     return ax
 
 # %% ../nbs/06_eval.ipynb #fd61579c
@@ -379,8 +388,10 @@ def add_eval_args(parser: argparse.ArgumentParser) -> None:
                         '(config.json, safetensors and its tokenizer: 10_hf), on the data rendered at its image size; '
                         'the metrics go to eval.json in the current folder unless --json says otherwise')
     parser.add_argument('--n', type=int, default=1000, help='retrieval candidates (and n/2 zero-shot images)')
-    parser.add_argument('--seed', type=int, default=None, help="seed of the validation data (default: the run's own, so that digits are split as in training)")
-    parser.add_argument('--json', default=None, help='where to write the metrics (default: eval.json in the run folder)')
+    parser.add_argument('--seed', type=int, default=None, help="seed of the validation data (default: the run's own, "
+                        "so that digits are split as in training)")
+    parser.add_argument('--json', default=None,
+                        help='where to write the metrics (default: eval.json in the run folder)')
     parser.add_argument('--data', default=None, help="evaluate on all pairs of this caption file or folder "
                         "(default: the run's validation data)")
     parser.add_argument('--image-col', default=None, help='image column of --data (default: the first usual name)')

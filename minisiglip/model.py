@@ -20,7 +20,8 @@ __all__ = ['ACTIVATIONS', 'TEXT_POOLING', 'PRESETS', 'SigLIPConfig', 'KVCache', 
 def _stem_halvings(patch_size: int) -> int:
     "log2(patch_size): how many stride-2 convolutions a conv stem needs to shrink the image by `patch_size`."
     if patch_size < 1 or patch_size & (patch_size - 1):
-        raise ValueError(f"a conv stem halves the image log2(patch_size) times: patch_size must be a power of 2, got {patch_size}")
+        raise ValueError(f"a conv stem halves the image log2(patch_size) times: "
+                         f"patch_size must be a power of 2, got {patch_size}")
     return patch_size.bit_length() - 1
 
 ACTIVATIONS = {'gelu_tanh': lambda: nn.GELU(approximate='tanh'), 'gelu': nn.GELU}   # MLP activation by name
@@ -32,7 +33,8 @@ class SigLIPConfig:
     # image tower
     image_size: int = 32        # input side in pixels (square RGB images)
     patch_size: int = 4         # patch side: (image_size / patch_size)**2 image tokens
-    vit_stem: int = 0           # 0: ViT's patchify (one strided conv); c > 0: a 3x3 conv stem starting at c channels (`conv_stem`)
+    vit_stem: int = 0           # 0: ViT's patchify (one strided conv); c > 0: a 3x3 conv stem starting at c
+                                # channels (`conv_stem`)
     vit_width: int = 96         # token width of the image transformer
     vit_depth: int = 2          # number of transformer blocks
     vit_heads: int = 4          # attention heads (vit_width must divide by it)
@@ -65,12 +67,15 @@ class SigLIPConfig:
         if self.vit_stem and self.image_size % self.patch_size:    # a patchify conv drops the leftover pixels instead
             raise ValueError(f"image_size {self.image_size} must be a multiple of patch_size {self.patch_size} "
                              "with a conv stem")
-        if self.vit_stem < 0: raise ValueError(f"vit_stem must be 0 (patchify) or a channel count > 0, got {self.vit_stem}")
-        if self.vit_stem: _stem_halvings(self.patch_size)            # fail when the config is made, not when the model is built
+        if self.vit_stem < 0: raise ValueError(f"vit_stem must be 0 (patchify) or a channel count > 0, "
+                                               f"got {self.vit_stem}")
+        # fail when the config is made, not when the model is built
+        if self.vit_stem: _stem_halvings(self.patch_size)
         for part in ('vit', 'txt'):
             w, h = getattr(self, f'{part}_width'), getattr(self, f'{part}_heads')
             if w % h: raise ValueError(f"{part}_width {w} must be a multiple of {part}_heads {h}")
-        if not 0 <= self.pad_id < self.vocab_size: raise ValueError(f"pad_id {self.pad_id} must be a token id below vocab_size {self.vocab_size}")
+        if not 0 <= self.pad_id < self.vocab_size: raise ValueError(f"pad_id {self.pad_id} must be a token id "
+                                                                    f"below vocab_size {self.vocab_size}")
         if min(self.vit_mlp_dim, self.txt_mlp_dim) < 0:
             raise ValueError("vit_mlp_dim and txt_mlp_dim must be >= 0 (0: mlp_ratio * width)")
         if self.txt_pool not in TEXT_POOLING:
@@ -93,11 +98,14 @@ class SigLIPConfig:
         return cls(**{**PRESETS[name], **overrides})
 
 PRESETS = {
-    'tiny':  dict(patch_size=4, vit_stem=32, vit_width=96, vit_depth=2, vit_heads=4, txt_width=96, txt_depth=2, txt_heads=4, embed_dim=96),
-    'tiny_wide': dict(patch_size=4, vit_stem=32, vit_width=128, vit_depth=1, vit_heads=4, txt_width=96, txt_depth=1, txt_heads=4, embed_dim=96),
+    'tiny':  dict(patch_size=4, vit_stem=32, vit_width=96, vit_depth=2, vit_heads=4,
+                  txt_width=96, txt_depth=2, txt_heads=4, embed_dim=96),
+    'tiny_wide': dict(patch_size=4, vit_stem=32, vit_width=128, vit_depth=1, vit_heads=4,
+                      txt_width=96, txt_depth=1, txt_heads=4, embed_dim=96),
     'micro': dict(patch_size=4, vit_width=64, vit_depth=1, vit_heads=2, txt_width=64, txt_depth=1, txt_heads=2,
                   embed_dim=64),
-    'small': dict(patch_size=4, vit_width=384, vit_depth=6, vit_heads=6, txt_width=384, txt_depth=6, txt_heads=6, embed_dim=384),
+    'small': dict(patch_size=4, vit_width=384, vit_depth=6, vit_heads=6, txt_width=384, txt_depth=6, txt_heads=6,
+                  embed_dim=384),
 }
 
 # %% ../nbs/04_model.ipynb #ba3154fe
@@ -176,7 +184,8 @@ class Block(nn.Module):
 
 # %% ../nbs/04_model.ipynb #5eb70b45
 class MAPHead(nn.Module):
-    "Multihead attention pooling: a learned probe query attends over the tokens, then a residual MLP; `(B, L, D) -> (B, D)`."
+    """Multihead attention pooling: a learned probe query attends over the tokens, then a residual MLP;
+    `(B, L, D) -> (B, D)`."""
     def __init__(self, width: int, heads: int, mlp_ratio: float = 4., dropout: float = 0., mlp_dim: int = 0,
                  eps: float = 1e-5, act: str = 'gelu_tanh'):
         super().__init__()
@@ -221,8 +230,9 @@ class Encoder(nn.Module):
 
 # %% ../nbs/04_model.ipynb #d431b836
 def conv_stem(channels: int, width: int, patch_size: int) -> nn.Sequential:
-    """Image -> `(B, width, S/patch_size, S/patch_size)` tokens, like a patchify conv, from overlapping 3x3 convolutions:
-    one to `channels`, then log2(patch_size) stride-2 ones doubling the channels, the last to `width` (Xiao et al. 2021)."""
+    """Image -> `(B, width, S/patch_size, S/patch_size)` tokens, like a patchify conv, from overlapping 3x3
+    convolutions: one to `channels`, then log2(patch_size) stride-2 ones doubling the channels, the last to `width`
+    (Xiao et al. 2021)."""
     n_down = _stem_halvings(patch_size)                                # patch_size = 2**n_down
     chans = [channels * 2**i for i in range(n_down)] + [width]
     layers = [nn.Conv2d(3, chans[0], kernel_size=3, padding=1)]
@@ -232,7 +242,8 @@ def conv_stem(channels: int, width: int, patch_size: int) -> nn.Sequential:
 
 # %% ../nbs/04_model.ipynb #1292f0b1
 class ViT(nn.Module):
-    "Image tower: patchify or conv stem, learned positions, `Encoder`; images `(B, 3, S, S)` -> `(B, embed_dim)` (unnormalised)."
+    """Image tower: patchify or conv stem, learned positions, `Encoder`; images `(B, 3, S, S)` -> `(B, embed_dim)`
+    (unnormalised)."""
     def __init__(self, cfg: SigLIPConfig):
         super().__init__()
         self.image_size = cfg.image_size
@@ -250,7 +261,8 @@ class ViT(nn.Module):
         if not isinstance(images, Tensor) or images.ndim != 4 or images.shape[1:] != (3, S, S):
             got = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
             raise ValueError(f"images must be (B, 3, {S}, {S}), got {got}")
-        if not images.is_floating_point(): raise ValueError(f"images must be floating point in [0, 1], got dtype {images.dtype}")
+        if not images.is_floating_point(): raise ValueError(f"images must be floating point in [0, 1], "
+                                                            f"got dtype {images.dtype}")
         return self.patch(images * 2 - 1).flatten(2).transpose(1, 2) + self.pos   # [0, 1] -> [-1, 1]
 
     def embed_masked(self, images: Tensor | NaFlexBatch) -> tuple[Tensor, Tensor | None]:
@@ -268,7 +280,8 @@ class ViT(nn.Module):
 
 # %% ../nbs/04_model.ipynb #3bea1863
 class TextTransformer(nn.Module):
-    "Text tower: token and position embeddings, `Encoder` with padding masked; tokens `(B, L)` -> `(B, embed_dim)` (unnormalised)."
+    """Text tower: token and position embeddings, `Encoder` with padding masked; tokens `(B, L)` -> `(B, embed_dim)`
+    (unnormalised)."""
     def __init__(self, cfg: SigLIPConfig):
         super().__init__()
         self.vocab_size, self.context_length, self.pad_id = cfg.vocab_size, cfg.context_length, cfg.pad_id
@@ -279,9 +292,11 @@ class TextTransformer(nn.Module):
 
     def forward(self, tokens: Tensor) -> Tensor:
         if not isinstance(tokens, Tensor) or tokens.ndim != 2 or tokens.dtype != torch.long:
-            raise ValueError(f"tokens must be a 2-D (B, L) long tensor, got {tuple(tokens.shape) if isinstance(tokens, Tensor) else type(tokens).__name__}"
+            raise ValueError(f"tokens must be a 2-D (B, L) long tensor, got "
+                             f"{tuple(tokens.shape) if isinstance(tokens, Tensor) else type(tokens).__name__}"
                              f"{' of dtype ' + str(tokens.dtype) if isinstance(tokens, Tensor) else ''}")
-        if tokens.shape[1] > self.context_length: raise ValueError(f"tokens have length {tokens.shape[1]} > context_length {self.context_length}")
+        if tokens.shape[1] > self.context_length: raise ValueError(f"tokens have length {tokens.shape[1]} "
+                                                                   f"> context_length {self.context_length}")
         mask = tokens != self.pad_id                                 # (B, L): True for real tokens
         values = torch.stack([tokens.min(), tokens.max(), (~mask.any(1)).sum()]) if tokens.numel() else None
         if values is not None and check_later(values, self._token_problem):   # in a step: at the step's read,
@@ -299,7 +314,8 @@ class TextTransformer(nn.Module):
 
 # %% ../nbs/04_model.ipynb #bf5cc33b
 class SigLIP(nn.Module):
-    "The SigLIP dual encoder: `ViT` + `TextTransformer` to L2-normalised `(n, embed_dim)` embeddings, plus the learnable `ScaleBias`."
+    """The SigLIP dual encoder: `ViT` + `TextTransformer` to L2-normalised `(n, embed_dim)` embeddings, plus the
+    learnable `ScaleBias`."""
     def __init__(self, cfg: SigLIPConfig):
         super().__init__()
         self.cfg = cfg

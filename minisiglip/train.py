@@ -359,7 +359,8 @@ def setup_processes(cfg: TrainConfig) -> tuple[int, int, torch.device, bool]:
 def load_checkpoint(path: str | Path) -> tuple[SigLIP, Tokenizer, dict]:
     "`(model, tokenizer, state)` from a checkpoint folder or a run folder (its newest checkpoint), in eval mode."
     ckpt = latest_checkpoint(path)
-    if ckpt is None: raise FileNotFoundError(f"no checkpoint (a folder with state.json, or {CKPT_PREFIX}* inside) at {path}")
+    if ckpt is None: raise FileNotFoundError(f"no checkpoint (a folder with state.json, or {CKPT_PREFIX}* inside) "
+                                             f"at {path}")
     state = read_state(ckpt)
     model = SigLIP(SigLIPConfig(**state['model_config']))
     load_weights(model, ckpt / 'model.safetensors')
@@ -628,7 +629,8 @@ def _train(cfg: TrainConfig, resume: bool, stop_at: int | None, rank: int, world
     scaler = torch.amp.GradScaler(device.type) if cfg.precision == 'fp16' else None
     ckpt = agreed_checkpoint(cfg.out_dir)                            # one decision for every rank
     if ckpt is not None and not resume:
-        raise FileExistsError(f"{cfg.out_dir} already holds {ckpt.name}: pass resume=True (--resume) or use another out_dir")
+        raise FileExistsError(f"{cfg.out_dir} already holds {ckpt.name}: "
+                              f"pass resume=True (--resume) or use another out_dir")
     if ckpt is not None:
         state = fail_together(f'resuming from {ckpt.name}',
                               lambda: resume_state(ckpt, state, model, optimizer, scaler, rank, world))
@@ -637,8 +639,10 @@ def _train(cfg: TrainConfig, resume: bool, stop_at: int | None, rank: int, world
     net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None) if world > 1 else model
     val_images, val_tokens = get_batch(val_ds, tok, torch.arange(min(len(val_ds), cfg.batch_size)), device)
     stop = min(cfg.steps, stop_at if stop_at is not None else cfg.steps)
-    if stop <= state['step']: raise ValueError(f"nothing to train: the run is at step {state['step']}, stop_at/steps is {stop}")
-    bar = tqdm(range(state['step'], stop), initial=state['step'], total=cfg.steps, disable=rank != 0, mininterval=1, desc='train')
+    if stop <= state['step']: raise ValueError(f"nothing to train: the run is at step {state['step']}, "
+                                               f"stop_at/steps is {stop}")
+    bar = tqdm(range(state['step'], stop), initial=state['step'], total=cfg.steps,
+               disable=rank != 0, mininterval=1, desc='train')
     undecodable = state.setdefault('undecodable', [])               # with skip_bad; a resumed run adds to it
     batches, speed, postfix = train_batches(train_ds, tok, cfg, state['step'], stop, rank, world, device,
                                             undecodable), Throughput(), {}
@@ -794,7 +798,8 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
         'precision': PRECISIONS, 'device': DEVICES, 'backend': BACKENDS})
     parser.add_argument('--out', dest='out_dir', help='alias of --out-dir')
     parser.add_argument('--resume', action='store_true', help='continue from the newest checkpoint in --out-dir')
-    parser.add_argument('--stop-at', type=int, default=None, help='stop after this step (the schedule still spans --steps)')
+    parser.add_argument('--stop-at', type=int, default=None,
+                        help='stop after this step (the schedule still spans --steps)')
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     "The `TrainConfig` named by parsed `minisiglip train` flags."
@@ -805,7 +810,8 @@ def run_train(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     _, state = train(cfg, resume=args.resume, stop_at=args.stop_at)
     if int(os.environ.get('RANK', 0)) == 0:
-        print(f"step {state['step']}: loss {state['history']['loss'][-1]:.4f}; checkpoint in {latest_checkpoint(cfg.out_dir)}")
+        print(f"step {state['step']}: loss {state['history']['loss'][-1]:.4f}; "
+              f"checkpoint in {latest_checkpoint(cfg.out_dir)}")
         speed = state['throughput']
         print(f"{speed['images_per_s']:.3g} images/s, {speed['data_wait']:.0%} of step time waiting for data")
     return 0
