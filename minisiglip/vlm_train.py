@@ -94,15 +94,15 @@ class VLMTrainConfig:
     cooldown: float = 0.2         # with schedule='wsd': the last fraction of the steps, where the lr falls to 0
     grad_clip: float = 1.0        # max global gradient norm
     n_images: int = 8000          # training scenes; each gets one question per family that applies (about 5)
-    family_weights: str = 'position=4'  # loss weight of some question families (others 1): see below
-    questions_per_image: str = ''  # up to this many different questions of a family per image (others 1): see below
-    relation_min_objects: int = 2  # relation questions only about scenes with at least this many objects: see below
-    prior: str = ''               # a blind VLM run whose answer log-probabilities join the logits (see below)
+    family_weights: str = 'position=4'  # loss weight of some question families (others 1) (07b)
+    questions_per_image: str = ''  # up to this many different questions of a family per image (others 1) (07b)
+    relation_min_objects: int = 2  # relation questions only about scenes with at least this many objects (07b)
+    prior: str = ''               # a blind VLM run whose answer log-probabilities join the logits (07b)
     task: str = 'vqa'             # 'vqa' (the questions) or 'caption' (DESCRIBE -> the scene's description)
     phrasings: bool = False       # ask each question in one of its family's vqa.PHRASINGS, not only the template
-    lm: str = ''                  # a text-pretrained LM run (pretrain_lm) the VLM's LM starts from: see below
-    init: str = ''                # a VLM run whose weights this run starts from (stage 2 from stage 1): see below
-    precision: str = 'fp32'       # 'fp32', 'bf16' (the forward under bfloat16 autocast) or 'auto': see below
+    lm: str = ''                  # a text-pretrained LM run (pretrain_lm) the VLM's LM starts from (07b)
+    init: str = ''                # a VLM run whose weights this run starts from (stage 2 from stage 1) (07b)
+    precision: str = 'fp32'       # 'fp32', 'bf16' (the forward under bfloat16 autocast) or 'auto' (07b)
     augment: float = 0.           # this fraction of the training images drawn jittered (08c_vlm_robustness)
     seed: int = 0                 # model init, scenes, questions and batch order
     device: str = 'cpu'           # 'cpu', 'cuda', 'cuda:1', ...
