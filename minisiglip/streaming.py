@@ -143,8 +143,13 @@ def open_pairs(data: str | Path, image_size: int = 32, skip_bad: bool = False, i
     if is_shards(str(data)):
         if image_col or caption_col: raise ValueError("shards have no columns: a sample's caption is its .txt file")
         return ShardDataset(str(data), image_size, skip_bad)
-    return CaptionFileDataset(data, image_size=image_size, skip_bad=skip_bad, image_col=image_col,
-                              caption_col=caption_col)
+    try:
+        return CaptionFileDataset(data, image_size=image_size, skip_bad=skip_bad, image_col=image_col,
+                                  caption_col=caption_col)
+    except ValueError as e:                      # a folder of shards given as a folder: say how to name them
+        tars = sorted(Path(data).glob('*.tar')) if Path(data).is_dir() else []
+        if not tars: raise
+        raise ValueError(f"{e}; {data} holds .tar shards: name them, e.g. --data '{shard_spec(tars)}'") from None
 
 # %% ../nbs/03b_streaming.ipynb #ec043425
 def add_shards_args(parser: argparse.ArgumentParser) -> None:
