@@ -52,21 +52,24 @@ import tokenize
 # %% ../nbs/11_cli.ipynb #a19f6564
 def field_docs(cls) -> dict[str, str]:
     """Each field of the dataclass `cls` -> its documentation: `metadata['help']` if it has one, else its `#`
-    comment (the comment on its line and any comment-only lines right below, joined). The comments are what a
+    comment (the comment on its line and the comment-only lines right below that are indented past the field, joined;
+    a comment at the field's own indent heads the fields after it). The comments are what a
     reader of the class sees, so the command line's help is read from them rather than copied beside them.
     Empty when the class's source cannot be read."""
     try: lines, _ = inspect.getsourcelines(cls)
     except (OSError, TypeError): lines = []
     source = textwrap.dedent(''.join(lines))
-    comments = {t.start[0]: t.string.lstrip('#').strip() for t in
-                tokenize.generate_tokens(io.StringIO(source).readline) if t.type == tokenize.COMMENT}
+    tokens = [t for t in tokenize.generate_tokens(io.StringIO(source).readline) if t.type == tokenize.COMMENT]
+    comments = {t.start[0]: t.string.lstrip('#').strip() for t in tokens}
+    column = {t.start[0]: t.start[1] for t in tokens}
     only_comment = lambda i: i in comments and source.splitlines()[i - 1].lstrip().startswith('#')
     docs = {}
     for node in ast.parse(source).body[0].body if source else []:
         if not isinstance(node, ast.AnnAssign): continue
         rows = [i for i in range(node.lineno, node.end_lineno + 1) if i in comments]
         i = node.end_lineno + 1
-        while only_comment(i): rows, i = rows + [i], i + 1
+        while only_comment(i) and column[i] > node.col_offset:   # indented past the field: its comment goes on;
+            rows, i = rows + [i], i + 1                           # at the field's own indent: a heading for the next
         docs[node.target.id] = ' '.join(comments[i] for i in rows)
     return {f.name: f.metadata.get('help') or docs.get(f.name, '') for f in dataclasses.fields(cls)}
 

@@ -118,6 +118,7 @@ class TrainConfig:
     timeout: float = 600.         # seconds a rank waits for its peers (evaluation, checkpoints) before failing
     compile: bool = False         # torch.compile each tower's transformer trunk (the input checks stay eager)
     out_dir: str = 'runs/train'   # where checkpoints go
+    # SigLIP 2's losses beside the sigmoid one (09d_siglip2_recipe): self-supervised with an EMA teacher, LocCa
     silc: bool = False            # local-to-global consistency: local crops' features match the teacher's whole image
     silc_weight: float = 1.       # weight of the SILC loss (the source's 1)
     tips: bool = False            # masked prediction: masked patches' tokens match the teacher's
