@@ -127,7 +127,7 @@ def add_demo_args(parser: argparse.ArgumentParser) -> None:
         default = getattr(DEMO_CONFIG, name)
         parser.add_argument('--' + name.replace('_', '-'), type=type(default), choices=choices, default=default,
                             help=f'{docs[name]}; default: {default}')
-    parser.add_argument('--n-eval', type=int, default=1000, help='retrieval candidates')
+    parser.add_argument('--n-eval', type=int, default=1000, help='retrieval candidates; default: %(default)s')
 
 def demo_config(args: argparse.Namespace) -> TrainConfig:
     "The demo recipe with the flags' knobs and run folder."

@@ -387,7 +387,8 @@ def add_eval_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--hf', default=None, metavar='PATH', help='evaluate a transformers SigLIP folder instead '
                         '(config.json, safetensors and its tokenizer: 10_hf), on the data rendered at its image size; '
                         'the metrics go to eval.json in the current folder unless --json says otherwise')
-    parser.add_argument('--n', type=int, default=1000, help='retrieval candidates (and n/2 zero-shot images)')
+    parser.add_argument('--n', type=int, default=1000,
+                        help='retrieval candidates (and n/2 zero-shot images); default: %(default)s')
     parser.add_argument('--seed', type=int, default=None, help="seed of the validation data (default: the run's own, "
                         "so that digits are split as in training)")
     parser.add_argument('--json', default=None,
@@ -400,7 +401,7 @@ def add_eval_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--device', choices=DEVICES, default='auto', help='auto: the GPU if there is one')
 
 def run_eval(args: argparse.Namespace) -> int:
-    "`minisiglip eval`: load a checkpoint, evaluate it on its validation data, print and save the metrics."
+    "`minisiglip eval`: load a checkpoint, evaluate it on its validation data, print the summary, save every metric."
     if (args.checkpoint is None) == (args.hf is None):
         raise ValueError("name a run folder or --hf PATH (one of the two)")
     model, tok, state = as_run(args.hf) if args.hf is not None else load_checkpoint(args.checkpoint)
@@ -417,7 +418,6 @@ def run_eval(args: argparse.Namespace) -> int:
     elif args.hf: out = Path('eval.json')
     else: out = latest_checkpoint(args.checkpoint).parent / 'eval.json'   # not inside a ckpt_* a later save may delete
     out.write_text(json.dumps(metrics, indent=1))
-    print(json.dumps(metrics, indent=1))
     print(summary_table(metrics))
     print(f'written to {out}')
     return 0

@@ -255,6 +255,9 @@ class VLM(nn.Module):
         set_mode(self.vision, cfg.mode, self.vision.encoder.blocks, cfg.lora_rank, cfg.lora_alpha)
         set_mode(self.lm, cfg.lm_mode, self.lm.blocks, cfg.lora_rank, cfg.lora_alpha)
         if self.lm.xattn is not None: self.lm.xattn.requires_grad_(True)   # new layers: always trained (above)
+        if cfg.fusion == 'none':                          # blind: the image path never runs, so none of it trains
+            for name, p in self.named_parameters():
+                if not name.startswith('lm.'): p.requires_grad_(False)
 
     @property
     def n_views(self) -> int: return 5 if self.cfg.split_image else 1
