@@ -15,7 +15,7 @@ from .vqa import encode_question
 from .vlm_train import (VLMTrainConfig, VLM_PRECISIONS, TASKS, LMTrainConfig, train_vlm, load_vlm,
                                   pretrain_lm, train_stages)
 from .vlm_eval import (answer, evaluate_vlm, vqa_table, vlm_demo, vlm_report, EVAL_SPLITS, VLM_DEMO,
-                                 VLM_DEMO_TRAIN)
+                                 VLM_DEMO_TRAIN, VLM_DEMO_STAGES, VLM_DEMO_CAPTION_STEPS, VLM_DEMO_LM)
 from .vlm_robust import caption_report, evaluate_captions, evaluate_phrasings, phrasing_table
 from .demo import DEMO_PRECISION
 
@@ -75,9 +75,10 @@ def add_vlm_args(parser: argparse.ArgumentParser) -> None:
     p.add_argument('--siglip', default='runs/demo', help='SigLIP run folder (default: runs/demo, from minisiglip demo)')
     p.add_argument('--out', default=VLM_DEMO_TRAIN.out_dir, help=f'run folder (default: {VLM_DEMO_TRAIN.out_dir})')
     docs = field_docs(VLMTrainConfig)
-    for name in ('steps', 'seed', 'device'):
+    for name in ('steps', 'n_images', 'seed', 'device'):
         default = getattr(VLM_DEMO_TRAIN, name)
-        p.add_argument('--' + name, type=type(default), default=default, help=f'{docs[name]}; default: {default}')
+        p.add_argument('--' + name.replace('_', '-'), type=type(default), default=default,
+                       help=f'{docs[name]}; default: {default}')
     p.add_argument('--schedule', choices=SCHEDULES, default=VLM_DEMO_TRAIN.schedule, help='learning-rate schedule')
     p.add_argument('--value-view', action=argparse.BooleanOptionalAction, default=VLM_DEMO.value_view,
                    help="also show the tower each image without its hue (VLMConfig.value_view); --no-value-view "
@@ -85,12 +86,25 @@ def add_vlm_args(parser: argparse.ArgumentParser) -> None:
     p.add_argument('--precision', choices=VLM_PRECISIONS, default=DEMO_PRECISION,
                    help=f"default {DEMO_PRECISION}: bf16 autocast where the hardware multiplies bf16 fast, else fp32")
     p.add_argument('--n-eval', type=int, default=500, help='validation images per split')
+    p.add_argument('--stages', type=int, choices=(1, 2), default=VLM_DEMO_STAGES,
+                   help=f"2: LLaVA's two stages, captions then the questions, into OUT/stage1 and OUT/stage2 "
+                        f"(default: {VLM_DEMO_STAGES})")
+    p.add_argument('--caption-steps', type=int, default=VLM_DEMO_CAPTION_STEPS,
+                   help=f"with --stages 2: stage 1's share of --steps (default: {VLM_DEMO_CAPTION_STEPS})")
+    p.add_argument('--captions', type=float, default=VLM_DEMO_TRAIN.captions,
+                   help=f"the fraction of the question-training images also asked to describe the image "
+                        f"(default: {VLM_DEMO_TRAIN.captions:g})")
+    p.add_argument('--lm', default=None, help="a pretrain-lm run to start the LM from; with --stages 2 and none, the "
+                                              "demo pretrains one into OUT/lm first, timed apart (lm_pretrain_s)")
+    p.add_argument('--lm-steps', type=int, default=VLM_DEMO_LM.steps,
+                   help=f"steps of that text pretraining (default: {VLM_DEMO_LM.steps})")
 
 def vlm_demo_configs(args: argparse.Namespace) -> tuple[VLMConfig, VLMTrainConfig]:
     "The VLM demo recipe (`VLM_DEMO`, `VLM_DEMO_TRAIN`) with the knobs `minisiglip vlm demo` takes as flags."
     return (dataclasses.replace(VLM_DEMO, value_view=args.value_view),
-            dataclasses.replace(VLM_DEMO_TRAIN, steps=args.steps, seed=args.seed, device=args.device,
-                                schedule=args.schedule, precision=args.precision))
+            dataclasses.replace(VLM_DEMO_TRAIN, steps=args.steps, n_images=args.n_images, seed=args.seed,
+                                device=args.device, schedule=args.schedule, precision=args.precision,
+                                captions=args.captions))
 
 def run_vlm(args: argparse.Namespace) -> int:
     "`minisiglip vlm SUBCOMMAND` (bad input reaches the user as one line through `cli.main`)."
@@ -116,6 +130,8 @@ def run_vlm(args: argparse.Namespace) -> int:
             if cfg.phrasings:
                 print('\n' + phrasing_table(evaluate_phrasings(model, tok, args.n_eval, seed=args.seed)))
     else:
-        metrics = vlm_demo(args.siglip, args.out, *vlm_demo_configs(args), n_eval=args.n_eval)
-        print(vlm_report(metrics) + f'\nrun folder: {args.out}')
+        metrics = vlm_demo(args.siglip, args.out, *vlm_demo_configs(args), n_eval=args.n_eval, stages=args.stages,
+                           caption_steps=args.caption_steps, lm=args.lm,
+                           lm_cfg=dataclasses.replace(VLM_DEMO_LM, steps=args.lm_steps))
+        print(vlm_report(metrics) + f'\nrun folder: {args.out}' + ('; ask OUT/stage2' if args.stages == 2 else ''))
     return 0
