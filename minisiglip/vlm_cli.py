@@ -15,7 +15,8 @@ from .vqa import encode_question
 from .vlm_train import (VLMTrainConfig, VLM_PRECISIONS, TASKS, LMTrainConfig, train_vlm, load_vlm,
                                   pretrain_lm, train_stages)
 from .vlm_eval import (answer, evaluate_vlm, vqa_table, vlm_demo, vlm_report, EVAL_SPLITS, VLM_DEMO,
-                                 VLM_DEMO_TRAIN, VLM_DEMO_STAGES, VLM_DEMO_CAPTION_STEPS, VLM_DEMO_LM)
+                                 VLM_DEMO_TRAIN, VLM_DEMO_STAGES, VLM_DEMO_CAPTION_STEPS, VLM_DEMO_CAPTIONS,
+                                 VLM_DEMO_LM)
 from .vlm_robust import caption_report, evaluate_captions, evaluate_phrasings, phrasing_table
 from .demo import DEMO_PRECISION
 
@@ -91,16 +92,17 @@ def add_vlm_args(parser: argparse.ArgumentParser) -> None:
                         f"(default: {VLM_DEMO_STAGES})")
     p.add_argument('--caption-steps', type=int, default=VLM_DEMO_CAPTION_STEPS,
                    help=f"with --stages 2: stage 1's share of --steps (default: {VLM_DEMO_CAPTION_STEPS})")
-    p.add_argument('--captions', type=float, default=VLM_DEMO_TRAIN.captions,
+    p.add_argument('--captions', type=float, default=VLM_DEMO_CAPTIONS,
                    help=f"the fraction of the question-training images also asked to describe the image "
-                        f"(default: {VLM_DEMO_TRAIN.captions:g})")
+                        f"(default: {VLM_DEMO_CAPTIONS:g})")
     p.add_argument('--lm', default=None, help="a pretrain-lm run to start the LM from; with --stages 2 and none, the "
                                               "demo pretrains one into OUT/lm first, timed apart (lm_pretrain_s)")
     p.add_argument('--lm-steps', type=int, default=VLM_DEMO_LM.steps,
                    help=f"steps of that text pretraining (default: {VLM_DEMO_LM.steps})")
 
 def vlm_demo_configs(args: argparse.Namespace) -> tuple[VLMConfig, VLMTrainConfig]:
-    "The VLM demo recipe (`VLM_DEMO`, `VLM_DEMO_TRAIN`) with the knobs `minisiglip vlm demo` takes as flags."
+    """The VLM demo recipe (`VLM_DEMO`, `VLM_DEMO_TRAIN` with `VLM_DEMO_CAPTIONS`) with the knobs `minisiglip vlm demo`
+    takes as flags (the stages, `lm` and `lm_steps` go to `vlm_demo` apart)."""
     return (dataclasses.replace(VLM_DEMO, value_view=args.value_view),
             dataclasses.replace(VLM_DEMO_TRAIN, steps=args.steps, n_images=args.n_images, seed=args.seed,
                                 device=args.device, schedule=args.schedule, precision=args.precision,

@@ -24,9 +24,9 @@ from .vlm_train import VLMTrainConfig, LMTrainConfig, train_vlm, train_stages, p
 
 # %% auto #0
 __all__ = ['EVAL_SPLITS', 'VLM_DEMO_V1', 'VLM_DEMO_V1_TRAIN', 'VLM_DEMO', 'VLM_DEMO_TRAIN', 'BLIND_STEPS', 'VLM_DEMO_STAGES',
-           'VLM_DEMO_CAPTION_STEPS', 'VLM_DEMO_LM', 'answer_room', 'answer', 'longest_answer', 'vqa_accuracy',
-           'evaluation_sets', 'evaluate_vlm', 'vqa_table', 'plot_answers', 'lm_config_for', 'vlm_demo', 'vlm_report',
-           'attention_weights', 'answer_attention', 'relation_outcomes', 'apply_overrides', 'run_arm']
+           'VLM_DEMO_CAPTION_STEPS', 'VLM_DEMO_CAPTIONS', 'VLM_DEMO_LM', 'answer_room', 'answer', 'longest_answer',
+           'vqa_accuracy', 'evaluation_sets', 'evaluate_vlm', 'vqa_table', 'plot_answers', 'lm_config_for', 'vlm_demo',
+           'vlm_report', 'attention_weights', 'answer_attention', 'relation_outcomes', 'apply_overrides', 'run_arm']
 
 # %% ../nbs/08_vlm_eval.ipynb #f7f91c43
 def answer_room(model: VLM, n_words: int) -> int:
@@ -136,8 +136,9 @@ VLM_DEMO_V1_TRAIN = VLMTrainConfig(out_dir='runs/vlm_demo', vision_lr=1e-3)
 VLM_DEMO = dataclasses.replace(VLM_DEMO_V1, value_view=True, lm_depth=3)  # found in 08b_vlm_recipes
 VLM_DEMO_TRAIN = dataclasses.replace(VLM_DEMO_V1_TRAIN, schedule='wsd')
 BLIND_STEPS = 300   # the blind model only learns the answer prior: its loss stops falling within a few hundred steps
-VLM_DEMO_STAGES, VLM_DEMO_CAPTION_STEPS = 1, 300   # one stage, or LLaVA's two (08b_vlm_recipes, *Two stages*)
-VLM_DEMO_LM = LMTrainConfig()  # the text pretraining of the LM a demo needs (sizes: lm_config_for)
+VLM_DEMO_STAGES, VLM_DEMO_CAPTION_STEPS = 2, 300   # LLaVA's two stages: 08b_vlm_recipes, *Two stages*
+VLM_DEMO_CAPTIONS = 0.2        # a description asked about a fifth of stage 2's images: the VLM keeps describing
+VLM_DEMO_LM = LMTrainConfig()  # the text pretraining of the LM the demo starts from (sizes: lm_config_for)
 
 def lm_config_for(vlm_cfg: VLMConfig, siglip: str | Path, lm_cfg: LMTrainConfig = VLM_DEMO_LM,
                   **fields) -> LMTrainConfig:
@@ -150,7 +151,7 @@ def lm_config_for(vlm_cfg: VLMConfig, siglip: str | Path, lm_cfg: LMTrainConfig 
 
 def vlm_demo(siglip: str | Path = 'runs/demo', out: str | Path = 'runs/vlm_demo', vlm_cfg: VLMConfig = VLM_DEMO,
              train_cfg: VLMTrainConfig = VLM_DEMO_TRAIN, n_eval: int = 500, blind_steps: int = BLIND_STEPS,
-             stages: int = VLM_DEMO_STAGES, caption_steps: int = VLM_DEMO_CAPTION_STEPS, lm: str | Path | None = None,
+             stages: int = 1, caption_steps: int = VLM_DEMO_CAPTION_STEPS, lm: str | Path | None = None,
              lm_cfg: LMTrainConfig = VLM_DEMO_LM) -> dict:
     """Train `vlm_cfg` (`train_cfg.steps` in all: with `stages=2`, `caption_steps` of them on captions, then the
     questions, `train_stages`) and a blind baseline on the tower of `siglip`, from the text LM `lm` if given; with two

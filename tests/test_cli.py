@@ -88,7 +88,7 @@ def test_vlm_demo_two_stages_pretrains_lm_once(run_env, tmp_path):
                      '--eval-every', '0', '--out', str(siglip), env=run_env)
     assert res.returncode == 0, res.stderr
     tiny = ['--siglip', str(siglip), '--stages', '2', '--steps', '4', '--caption-steps', '2', '--n-images', '64',
-            '--n-eval', '12', '--captions', '0.5', '--precision', 'fp32']
+            '--n-eval', '12', '--captions', '0.5', '--precision', 'fp32', '--schedule', 'cosine']
     res = minisiglip('vlm', 'demo', *tiny, '--lm-steps', '3', '--out', str(tmp_path / 'a'), env=run_env)
     assert res.returncode == 0, res.stderr
     m = json.loads((tmp_path / 'a' / 'metrics.json').read_text())
