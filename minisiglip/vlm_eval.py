@@ -136,7 +136,7 @@ VLM_DEMO_V1_TRAIN = VLMTrainConfig(out_dir='runs/vlm_demo', vision_lr=1e-3)
 VLM_DEMO = dataclasses.replace(VLM_DEMO_V1, value_view=True, lm_depth=3)  # found in 08b_vlm_recipes
 VLM_DEMO_TRAIN = dataclasses.replace(VLM_DEMO_V1_TRAIN, schedule='wsd')
 BLIND_STEPS = 300   # the blind model only learns the answer prior: its loss stops falling within a few hundred steps
-VLM_DEMO_STAGES, VLM_DEMO_CAPTION_STEPS = 2, 300   # LLaVA's two stages: 08b_vlm_recipes, *Two stages*
+VLM_DEMO_STAGES, VLM_DEMO_CAPTION_STEPS = 2, 150   # LLaVA's two stages: 08b_vlm_recipes, *Two stages*
 VLM_DEMO_CAPTIONS = 0.2        # a description asked about a fifth of stage 2's images: the VLM keeps describing
 VLM_DEMO_LM = LMTrainConfig()  # the text pretraining of the LM the demo starts from (sizes: lm_config_for)
 
