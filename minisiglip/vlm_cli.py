@@ -7,21 +7,25 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from pathlib import Path
+from typing import Callable
 import torch
-from .data import read_image
+from .data import Tokenizer, read_image
 from .checkpoint import latest_checkpoint
-from .vlm import VLMConfig, CONNECTORS, FUSIONS, MODES
+from .vlm import VLM, VLMConfig, CONNECTORS, FUSIONS, MODES
 from .vqa import encode_question
 from .vlm_train import (VLMTrainConfig, VLM_PRECISIONS, TASKS, LMTrainConfig, train_vlm, load_vlm,
                                   pretrain_lm, train_stages)
 from .vlm_eval import (answer, evaluate_vlm, vqa_table, vlm_demo, vlm_report, EVAL_SPLITS, VLM_DEMO,
                                  VLM_DEMO_TRAIN, VLM_DEMO_STAGES, VLM_DEMO_CAPTION_STEPS, VLM_DEMO_CAPTIONS,
                                  VLM_DEMO_LM)
-from .vlm_robust import caption_report, evaluate_captions, evaluate_phrasings, phrasing_table
+from .vlm_robust import (caption_report, evaluate_captions, evaluate_phrasings, phrasing_table,
+                                   evaluate_other_program, other_program_table)
+from .vqa import DESCRIBE
 from .demo import DEMO_PRECISION
 
 # %% auto #0
-__all__ = ['EMPTY_ANSWER', 'ask', 'add_vlm_args', 'vlm_demo_configs', 'run_vlm']
+__all__ = ['EMPTY_ANSWER', 'ask', 'add_vlm_args', 'vlm_demo_configs', 'demo_captions', 'demo_evaluations', 'demo_report',
+           'run_vlm']
 
 # %% ../nbs/08d_vlm_cli.ipynb #017d921e
 EMPTY_ANSWER = "(an empty answer: the VLM ended its answer before any word)"
@@ -99,6 +103,8 @@ def add_vlm_args(parser: argparse.ArgumentParser) -> None:
                                               "demo pretrains one into OUT/lm first, timed apart (lm_pretrain_s)")
     p.add_argument('--lm-steps', type=int, default=VLM_DEMO_LM.steps,
                    help=f"steps of that text pretraining (default: {VLM_DEMO_LM.steps})")
+    p.add_argument('--other-program', type=int, default=0, metavar='N',
+                   help='also evaluate on N test scenes per split drawn by PIL, per family (08c; default: 0, none)')
 
 def vlm_demo_configs(args: argparse.Namespace) -> tuple[VLMConfig, VLMTrainConfig]:
     """The VLM demo recipe (`VLM_DEMO`, `VLM_DEMO_TRAIN` with `VLM_DEMO_CAPTIONS`) with the knobs `minisiglip vlm demo`
@@ -107,6 +113,27 @@ def vlm_demo_configs(args: argparse.Namespace) -> tuple[VLMConfig, VLMTrainConfi
             dataclasses.replace(VLM_DEMO_TRAIN, steps=args.steps, n_images=args.n_images, seed=args.seed,
                                 device=args.device, schedule=args.schedule, precision=args.precision,
                                 captions=args.captions))
+
+def demo_captions(model: VLM, tok: Tokenizer, n_images: int, seed: int) -> dict | None:
+    "`evaluate_captions` of a VLM that has a description's words (its LM read text, or it described); else None."
+    return evaluate_captions(model, tok, n_images, seed) if all(w in tok.stoi for w in DESCRIBE.split()) else None
+
+def demo_evaluations(other_program: int = 0) -> dict[str, Callable]:
+    """What `vlm demo` evaluates beside the questions (`vlm_demo`'s `evaluations`), each under its key of
+    `metrics.json`: `captions` (`demo_captions`), and with `other_program` > 0, `other_program`: accuracy per family
+    on that many scenes per split as our renderer and as PIL draws them (`evaluate_other_program`)."""
+    out = {'captions': demo_captions}
+    if other_program: out['other_program'] = lambda model, tok, n, seed: evaluate_other_program(model, tok,
+                                                                                               other_program, seed)
+    return out
+
+def demo_report(metrics: dict) -> str:
+    "`vlm_report`, then the caption scores and the tables of scenes drawn by PIL where `metrics` holds them."
+    lines = [vlm_report(metrics)]
+    if metrics.get('captions'): lines.append(caption_report(metrics['captions']))
+    if metrics.get('other_program'):
+        lines += ['', *(other_program_table(metrics['other_program'], split) + '\n' for split in ('seen', 'held_out'))]
+    return '\n'.join(lines)
 
 def run_vlm(args: argparse.Namespace) -> int:
     "`minisiglip vlm SUBCOMMAND` (bad input reaches the user as one line through `cli.main`)."
@@ -134,6 +161,7 @@ def run_vlm(args: argparse.Namespace) -> int:
     else:
         metrics = vlm_demo(args.siglip, args.out, *vlm_demo_configs(args), n_eval=args.n_eval, stages=args.stages,
                            caption_steps=args.caption_steps, lm=args.lm,
-                           lm_cfg=dataclasses.replace(VLM_DEMO_LM, steps=args.lm_steps))
-        print(vlm_report(metrics) + f'\nrun folder: {args.out}' + ('; ask OUT/stage2' if args.stages == 2 else ''))
+                           lm_cfg=dataclasses.replace(VLM_DEMO_LM, steps=args.lm_steps),
+                           evaluations=demo_evaluations(args.other_program))
+        print(demo_report(metrics) + f'\nrun folder: {args.out}' + ('; ask OUT/stage2' if args.stages == 2 else ''))
     return 0

@@ -12,14 +12,14 @@ import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import Callable
 import torch
 from torch import Tensor
 from .data import Tokenizer
 from .checkpoint import latest_checkpoint
 from .model import Attention, causal_mask
 from .vlm import VLM, VLMConfig
-from .vqa import (VQASet, make_vqa, encode_question, EOS, FAMILIES, TEST_SCENES, DESCRIBE, chance,
-                            text_tokenizer)
+from .vqa import VQASet, make_vqa, encode_question, EOS, FAMILIES, TEST_SCENES, chance, text_tokenizer
 from .vlm_train import VLMTrainConfig, LMTrainConfig, train_vlm, train_stages, pretrain_lm, load_tower
 
 # %% auto #0
@@ -152,11 +152,12 @@ def lm_config_for(vlm_cfg: VLMConfig, siglip: str | Path, lm_cfg: LMTrainConfig 
 def vlm_demo(siglip: str | Path = 'runs/demo', out: str | Path = 'runs/vlm_demo', vlm_cfg: VLMConfig = VLM_DEMO,
              train_cfg: VLMTrainConfig = VLM_DEMO_TRAIN, n_eval: int = 500, blind_steps: int = BLIND_STEPS,
              stages: int = 1, caption_steps: int = VLM_DEMO_CAPTION_STEPS, lm: str | Path | None = None,
-             lm_cfg: LMTrainConfig = VLM_DEMO_LM) -> dict:
+             lm_cfg: LMTrainConfig = VLM_DEMO_LM, evaluations: dict[str, Callable] | None = None) -> dict:
     """Train `vlm_cfg` (`train_cfg.steps` in all: with `stages=2`, `caption_steps` of them on captions, then the
     questions, `train_stages`) and a blind baseline on the tower of `siglip`, from the text LM `lm` if given; with two
     stages and no `lm`, pretrain one first (`lm_cfg`, sized by `lm_config_for`) into `out`/lm, timed apart. Evaluate on
-    `n_eval` fresh test scenes per split (and captions, if the VLM speaks them), write `metrics.json` and
+    `n_eval` fresh test scenes per split, and with each of `evaluations`, `fn(model, tok, n_eval, seed)` on the same
+    scenes, under its key (`vlm demo` adds 08c's caption scores: `vlm_cli.demo_evaluations`); write `metrics.json` and
     `answers.png` into `out` (replacing an earlier demo there); returns the metrics."""
     out = Path(out)
     if stages not in (1, 2): raise ValueError(f"stages must be 1 or 2, got {stages}")
@@ -189,9 +190,8 @@ def vlm_demo(siglip: str | Path = 'runs/demo', out: str | Path = 'runs/vlm_demo'
     blind, _, blind_state = train_vlm(blind_cfg,                    # the same start and words: only the image differs
                                       dataclasses.replace(vlm_cfg, fusion='none', mode='frozen'))
     metrics = evaluate_vlm(model, tok, n_eval, seed=TEST_SCENES + cfg.seed, blind=blind)   # reported: test scenes
-    if DESCRIBE.split()[0] in tok.stoi:
-        from minisiglip.vlm_robust import evaluate_captions           # 08c_vlm_robustness builds on this lesson
-        metrics['captions'] = evaluate_captions(model, tok, n_eval, seed=TEST_SCENES + cfg.seed)
+    for key, evaluate in (evaluations or {}).items():
+        metrics[key] = evaluate(model, tok, n_eval, TEST_SCENES + cfg.seed)
     stage1 = state.get('stage1', {})
     metrics.update(visual_tokens=model.n_visual, wall_s=time.perf_counter() - t0, train_s=state['train_s'],
                    precision=state['config']['precision'], stages=stages, lm=cfg.lm or None,
@@ -218,14 +218,12 @@ def vlm_report(metrics: dict) -> str:
           if metrics.get('lm_pretrain_s') is not None else f"LM from {metrics['lm']}, " if metrics.get('lm') else '')
     stage1 = (f"stage 1 (captions) {metrics['stage1_steps']} steps in {metrics['stage1_train_s']:.0f} s, stage 2 "
               if metrics.get('stages') == 2 else '')
-    from minisiglip.vlm_robust import caption_report                 # 08c_vlm_robustness builds on this lesson
-    captions = [caption_report(metrics['captions'])] if 'captions' in metrics else []
     return '\n'.join([f"{lm}{stage1}trained {metrics['steps']} steps in {metrics['train_s']:.0f} s in "
                       f"{metrics['precision']} (blind baseline {metrics['blind_steps']} steps, "
                       f"{metrics['blind_train_s']:.0f} s; total {metrics['wall_s']:.0f} s), "
                       f"{metrics['visual_tokens']} visual tokens per image",
                       *(line(split, metrics[key]) for split, key in EVAL_SPLITS.items() if key in metrics),
-                      line('blind (seen)', metrics['blind']), *captions])
+                      line('blind (seen)', metrics['blind'])])
 
 # %% ../nbs/08_vlm_eval.ipynb #e6475590
 def attention_weights(attn: Attention, x: Tensor) -> Tensor:
