@@ -7,20 +7,25 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from pathlib import Path
+from typing import Callable
 import torch
-from .data import read_image
+from .data import Tokenizer, read_image
 from .checkpoint import latest_checkpoint
-from .vlm import VLMConfig, CONNECTORS, FUSIONS, MODES
+from .vlm import VLM, VLMConfig, CONNECTORS, FUSIONS, MODES
 from .vqa import encode_question
 from .vlm_train import (VLMTrainConfig, VLM_PRECISIONS, TASKS, LMTrainConfig, train_vlm, load_vlm,
                                   pretrain_lm, train_stages)
 from .vlm_eval import (answer, evaluate_vlm, vqa_table, vlm_demo, vlm_report, EVAL_SPLITS, VLM_DEMO,
-                                 VLM_DEMO_TRAIN)
-from .vlm_robust import caption_report, evaluate_captions, evaluate_phrasings, phrasing_table
+                                 VLM_DEMO_TRAIN, VLM_DEMO_STAGES, VLM_DEMO_CAPTION_STEPS, VLM_DEMO_CAPTIONS,
+                                 VLM_DEMO_LM)
+from .vlm_robust import (caption_report, evaluate_captions, evaluate_phrasings, phrasing_table,
+                                   evaluate_other_program, other_program_table)
+from .vqa import DESCRIBE
 from .demo import DEMO_PRECISION
 
 # %% auto #0
-__all__ = ['EMPTY_ANSWER', 'ask', 'add_vlm_args', 'vlm_demo_configs', 'run_vlm']
+__all__ = ['EMPTY_ANSWER', 'ask', 'add_vlm_args', 'vlm_demo_configs', 'demo_captions', 'demo_evaluations', 'demo_report',
+           'run_vlm']
 
 # %% ../nbs/08d_vlm_cli.ipynb #017d921e
 EMPTY_ANSWER = "(an empty answer: the VLM ended its answer before any word)"
@@ -75,9 +80,10 @@ def add_vlm_args(parser: argparse.ArgumentParser) -> None:
     p.add_argument('--siglip', default='runs/demo', help='SigLIP run folder (default: runs/demo, from minisiglip demo)')
     p.add_argument('--out', default=VLM_DEMO_TRAIN.out_dir, help=f'run folder (default: {VLM_DEMO_TRAIN.out_dir})')
     docs = field_docs(VLMTrainConfig)
-    for name in ('steps', 'seed', 'device'):
+    for name in ('steps', 'n_images', 'seed', 'device'):
         default = getattr(VLM_DEMO_TRAIN, name)
-        p.add_argument('--' + name, type=type(default), default=default, help=f'{docs[name]}; default: {default}')
+        p.add_argument('--' + name.replace('_', '-'), type=type(default), default=default,
+                       help=f'{docs[name]}; default: {default}')
     p.add_argument('--schedule', choices=SCHEDULES, default=VLM_DEMO_TRAIN.schedule, help='learning-rate schedule')
     p.add_argument('--value-view', action=argparse.BooleanOptionalAction, default=VLM_DEMO.value_view,
                    help="also show the tower each image without its hue (VLMConfig.value_view); --no-value-view "
@@ -85,12 +91,49 @@ def add_vlm_args(parser: argparse.ArgumentParser) -> None:
     p.add_argument('--precision', choices=VLM_PRECISIONS, default=DEMO_PRECISION,
                    help=f"default {DEMO_PRECISION}: bf16 autocast where the hardware multiplies bf16 fast, else fp32")
     p.add_argument('--n-eval', type=int, default=500, help='validation images per split')
+    p.add_argument('--stages', type=int, choices=(1, 2), default=VLM_DEMO_STAGES,
+                   help=f"2: LLaVA's two stages, captions then the questions, into OUT/stage1 and OUT/stage2 "
+                        f"(default: {VLM_DEMO_STAGES})")
+    p.add_argument('--caption-steps', type=int, default=VLM_DEMO_CAPTION_STEPS,
+                   help=f"with --stages 2: stage 1's share of --steps (default: {VLM_DEMO_CAPTION_STEPS})")
+    p.add_argument('--captions', type=float, default=VLM_DEMO_CAPTIONS,
+                   help=f"the fraction of the question-training images also asked to describe the image "
+                        f"(default: {VLM_DEMO_CAPTIONS:g})")
+    p.add_argument('--lm', default=None, help="a pretrain-lm run to start the LM from; with --stages 2 and none, the "
+                                              "demo pretrains one into OUT/lm first, timed apart (lm_pretrain_s)")
+    p.add_argument('--lm-steps', type=int, default=VLM_DEMO_LM.steps,
+                   help=f"steps of that text pretraining (default: {VLM_DEMO_LM.steps})")
+    p.add_argument('--other-program', type=int, default=0, metavar='N',
+                   help='also evaluate on N test scenes per split drawn by PIL, per family (08c; default: 0, none)')
 
 def vlm_demo_configs(args: argparse.Namespace) -> tuple[VLMConfig, VLMTrainConfig]:
-    "The VLM demo recipe (`VLM_DEMO`, `VLM_DEMO_TRAIN`) with the knobs `minisiglip vlm demo` takes as flags."
+    """The VLM demo recipe (`VLM_DEMO`, `VLM_DEMO_TRAIN` with `VLM_DEMO_CAPTIONS`) with the knobs `minisiglip vlm demo`
+    takes as flags (the stages, `lm` and `lm_steps` go to `vlm_demo` apart)."""
     return (dataclasses.replace(VLM_DEMO, value_view=args.value_view),
-            dataclasses.replace(VLM_DEMO_TRAIN, steps=args.steps, seed=args.seed, device=args.device,
-                                schedule=args.schedule, precision=args.precision))
+            dataclasses.replace(VLM_DEMO_TRAIN, steps=args.steps, n_images=args.n_images, seed=args.seed,
+                                device=args.device, schedule=args.schedule, precision=args.precision,
+                                captions=args.captions))
+
+def demo_captions(model: VLM, tok: Tokenizer, n_images: int, seed: int) -> dict | None:
+    "`evaluate_captions` of a VLM that has a description's words (its LM read text, or it described); else None."
+    return evaluate_captions(model, tok, n_images, seed) if all(w in tok.stoi for w in DESCRIBE.split()) else None
+
+def demo_evaluations(other_program: int = 0) -> dict[str, Callable]:
+    """What `vlm demo` evaluates beside the questions (`vlm_demo`'s `evaluations`), each under its key of
+    `metrics.json`: `captions` (`demo_captions`), and with `other_program` > 0, `other_program`: accuracy per family
+    on that many scenes per split as our renderer and as PIL draws them (`evaluate_other_program`)."""
+    out = {'captions': demo_captions}
+    if other_program: out['other_program'] = lambda model, tok, n, seed: evaluate_other_program(model, tok,
+                                                                                               other_program, seed)
+    return out
+
+def demo_report(metrics: dict) -> str:
+    "`vlm_report`, then the caption scores and the tables of scenes drawn by PIL where `metrics` holds them."
+    lines = [vlm_report(metrics)]
+    if metrics.get('captions'): lines.append(caption_report(metrics['captions']))
+    if metrics.get('other_program'):
+        lines += ['', *(other_program_table(metrics['other_program'], split) + '\n' for split in ('seen', 'held_out'))]
+    return '\n'.join(lines)
 
 def run_vlm(args: argparse.Namespace) -> int:
     "`minisiglip vlm SUBCOMMAND` (bad input reaches the user as one line through `cli.main`)."
@@ -116,6 +159,9 @@ def run_vlm(args: argparse.Namespace) -> int:
             if cfg.phrasings:
                 print('\n' + phrasing_table(evaluate_phrasings(model, tok, args.n_eval, seed=args.seed)))
     else:
-        metrics = vlm_demo(args.siglip, args.out, *vlm_demo_configs(args), n_eval=args.n_eval)
-        print(vlm_report(metrics) + f'\nrun folder: {args.out}')
+        metrics = vlm_demo(args.siglip, args.out, *vlm_demo_configs(args), n_eval=args.n_eval, stages=args.stages,
+                           caption_steps=args.caption_steps, lm=args.lm,
+                           lm_cfg=dataclasses.replace(VLM_DEMO_LM, steps=args.lm_steps),
+                           evaluations=demo_evaluations(args.other_program))
+        print(demo_report(metrics) + f'\nrun folder: {args.out}' + ('; ask OUT/stage2' if args.stages == 2 else ''))
     return 0

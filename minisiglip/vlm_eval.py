@@ -12,20 +12,21 @@ import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import Callable
 import torch
 from torch import Tensor
 from .data import Tokenizer
 from .checkpoint import latest_checkpoint
 from .model import Attention, causal_mask
 from .vlm import VLM, VLMConfig
-from .vqa import VQASet, make_vqa, encode_question, EOS, FAMILIES, TEST_SCENES, chance
-from .vlm_train import VLMTrainConfig, train_vlm
+from .vqa import VQASet, make_vqa, encode_question, EOS, FAMILIES, TEST_SCENES, chance, text_tokenizer
+from .vlm_train import VLMTrainConfig, LMTrainConfig, train_vlm, train_stages, pretrain_lm, load_tower
 
 # %% auto #0
-__all__ = ['EVAL_SPLITS', 'VLM_DEMO_V1', 'VLM_DEMO_V1_TRAIN', 'VLM_DEMO', 'VLM_DEMO_TRAIN', 'BLIND_STEPS', 'answer_room',
-           'answer', 'longest_answer', 'vqa_accuracy', 'evaluation_sets', 'evaluate_vlm', 'vqa_table', 'plot_answers',
-           'vlm_demo', 'vlm_report', 'attention_weights', 'answer_attention', 'relation_outcomes', 'apply_overrides',
-           'run_arm']
+__all__ = ['EVAL_SPLITS', 'VLM_DEMO_V1', 'VLM_DEMO_V1_TRAIN', 'VLM_DEMO', 'VLM_DEMO_TRAIN', 'BLIND_STEPS', 'VLM_DEMO_STAGES',
+           'VLM_DEMO_CAPTION_STEPS', 'VLM_DEMO_CAPTIONS', 'VLM_DEMO_LM', 'answer_room', 'answer', 'longest_answer',
+           'vqa_accuracy', 'evaluation_sets', 'evaluate_vlm', 'vqa_table', 'plot_answers', 'lm_config_for', 'vlm_demo',
+           'vlm_report', 'attention_weights', 'answer_attention', 'relation_outcomes', 'apply_overrides', 'run_arm']
 
 # %% ../nbs/08_vlm_eval.ipynb #f7f91c43
 def answer_room(model: VLM, n_words: int) -> int:
@@ -135,28 +136,67 @@ VLM_DEMO_V1_TRAIN = VLMTrainConfig(out_dir='runs/vlm_demo', vision_lr=1e-3)
 VLM_DEMO = dataclasses.replace(VLM_DEMO_V1, value_view=True, lm_depth=3)  # found in 08b_vlm_recipes
 VLM_DEMO_TRAIN = dataclasses.replace(VLM_DEMO_V1_TRAIN, schedule='wsd')
 BLIND_STEPS = 300   # the blind model only learns the answer prior: its loss stops falling within a few hundred steps
+VLM_DEMO_STAGES, VLM_DEMO_CAPTION_STEPS = 2, 150   # LLaVA's two stages: 08b_vlm_recipes, *Two stages*
+VLM_DEMO_CAPTIONS = 0.2        # a description asked about a fifth of stage 2's images: the VLM keeps describing
+VLM_DEMO_LM = LMTrainConfig()  # the text pretraining of the LM the demo starts from (sizes: lm_config_for)
+
+def lm_config_for(vlm_cfg: VLMConfig, siglip: str | Path, lm_cfg: LMTrainConfig = VLM_DEMO_LM,
+                  **fields) -> LMTrainConfig:
+    """`lm_cfg` sized for `vlm_cfg`'s LM on the tower of `siglip`: its width, depth, heads and MLP, and a position for
+    each visual token and text token (`put_lm` needs them all), changed by `fields`."""
+    n_visual = VLM(vlm_cfg, load_tower(siglip)[0]).n_visual if vlm_cfg.fusion == 'prefix' else 0
+    return dataclasses.replace(lm_cfg, lm_width=vlm_cfg.lm_width, lm_depth=vlm_cfg.lm_depth,
+                               lm_heads=vlm_cfg.lm_heads, mlp_ratio=vlm_cfg.mlp_ratio,
+                               max_len=n_visual + text_tokenizer().context_length, **fields)
 
 def vlm_demo(siglip: str | Path = 'runs/demo', out: str | Path = 'runs/vlm_demo', vlm_cfg: VLMConfig = VLM_DEMO,
-             train_cfg: VLMTrainConfig = VLM_DEMO_TRAIN, n_eval: int = 500, blind_steps: int = BLIND_STEPS) -> dict:
-    """Train `vlm_cfg` and a blind baseline on the tower of `siglip`, evaluate on `n_eval` fresh test scenes per
-    split, write `metrics.json` and `answers.png` into `out` (replacing an earlier demo there); returns the metrics."""
+             train_cfg: VLMTrainConfig = VLM_DEMO_TRAIN, n_eval: int = 500, blind_steps: int = BLIND_STEPS,
+             stages: int = 1, caption_steps: int = VLM_DEMO_CAPTION_STEPS, lm: str | Path | None = None,
+             lm_cfg: LMTrainConfig = VLM_DEMO_LM, evaluations: dict[str, Callable] | None = None) -> dict:
+    """Train `vlm_cfg` (`train_cfg.steps` in all: with `stages=2`, `caption_steps` of them on captions, then the
+    questions, `train_stages`) and a blind baseline on the tower of `siglip`, from the text LM `lm` if given; with two
+    stages and no `lm`, pretrain one first (`lm_cfg`, sized by `lm_config_for`) into `out`/lm, timed apart. Evaluate on
+    `n_eval` fresh test scenes per split, and with each of `evaluations`, `fn(model, tok, n_eval, seed)` on the same
+    scenes, under its key (`vlm demo` adds 08c's caption scores: `vlm_cli.demo_evaluations`); write `metrics.json` and
+    `answers.png` into `out` (replacing an earlier demo there); returns the metrics."""
     out = Path(out)
+    if stages not in (1, 2): raise ValueError(f"stages must be 1 or 2, got {stages}")
+    if stages == 2 and not 0 < caption_steps < train_cfg.steps:
+        raise ValueError(f"caption_steps must be in [1, steps): stage 1's share of the {train_cfg.steps} steps, "
+                         f"got {caption_steps}")
     if latest_checkpoint(out) is not None and not (out / 'metrics.json').is_file():
         raise FileExistsError(f"{out} holds a checkpoint but no metrics.json: not a VLM demo folder; "
                               "choose another --out")
     if latest_checkpoint(siglip) is None:
         raise FileNotFoundError(f"no SigLIP run at {siglip}: make one first with `minisiglip demo --out {siglip}` "
                                 "(about 4 minutes on 2 CPU cores), then pass it as --siglip")
+    if lm is not None and out.resolve() in Path(lm).resolve().parents:
+        raise ValueError(f"--lm {lm} lies inside --out {out}, which the demo replaces: copy it out first "
+                         f"(cp -r {lm} runs/lm) or choose another --out")
     if out.exists(): shutil.rmtree(out)
+    lm_pretrain_s = None
+    if lm is None and stages == 2:
+        t0 = time.perf_counter()
+        pretrain_lm(lm_config_for(vlm_cfg, siglip, lm_cfg, seed=train_cfg.seed, device=train_cfg.device,
+                                  out_dir=str(out / 'lm')))
+        lm, lm_pretrain_s = out / 'lm', time.perf_counter() - t0
     t0 = time.perf_counter()
-    cfg = dataclasses.replace(train_cfg, siglip=str(siglip), out_dir=str(out))
-    model, tok, state = train_vlm(cfg, vlm_cfg)
+    cfg = dataclasses.replace(train_cfg, siglip=str(siglip), out_dir=str(out), lm=str(lm or ''))
+    if stages == 2:
+        cfg = dataclasses.replace(cfg, steps=cfg.steps - caption_steps)
+        model, tok, state = train_stages(cfg, vlm_cfg, caption_steps)
+    else: model, tok, state = train_vlm(cfg, vlm_cfg)
     blind_cfg = dataclasses.replace(cfg, out_dir=str(out / 'blind'), steps=min(blind_steps, cfg.steps))
-    blind, _, blind_state = train_vlm(blind_cfg,
+    blind, _, blind_state = train_vlm(blind_cfg,                    # the same start and words: only the image differs
                                       dataclasses.replace(vlm_cfg, fusion='none', mode='frozen'))
     metrics = evaluate_vlm(model, tok, n_eval, seed=TEST_SCENES + cfg.seed, blind=blind)   # reported: test scenes
+    for key, evaluate in (evaluations or {}).items():
+        metrics[key] = evaluate(model, tok, n_eval, TEST_SCENES + cfg.seed)
+    stage1 = state.get('stage1', {})
     metrics.update(visual_tokens=model.n_visual, wall_s=time.perf_counter() - t0, train_s=state['train_s'],
-                   precision=state['config']['precision'],
+                   precision=state['config']['precision'], stages=stages, lm=cfg.lm or None,
+                   lm_pretrain_s=lm_pretrain_s,
+                   stage1_train_s=stage1.get('train_s'), stage1_steps=stage1.get('step'),
                    blind_train_s=blind_state['train_s'], steps=state['step'], final_loss=state['history']['loss'][-1],
                    blind_steps=blind_state['step'], blind_loss=_mean_loss(blind_state),
                    config=dataclasses.asdict(cfg), vlm_config=dataclasses.asdict(model.cfg))
@@ -174,9 +214,13 @@ def _mean_loss(state: dict, width: int = 50) -> list[float]:
 def vlm_report(metrics: dict) -> str:
     "A few lines summarising a VLM demo run."
     line = lambda name, acc: f"{name}: " + ', '.join(f'{k} {100 * v:.1f}%' for k, v in acc.items())
-    return '\n'.join([f"trained {metrics['steps']} steps in {metrics['train_s']:.0f} s in {metrics['precision']} "
-                      f"(blind baseline {metrics['blind_steps']} steps, {metrics['blind_train_s']:.0f} s; "
-                      f"total {metrics['wall_s']:.0f} s), "
+    lm = (f"LM pretrained on text in {metrics['lm_pretrain_s']:.0f} s (not in the total), then "
+          if metrics.get('lm_pretrain_s') is not None else f"LM from {metrics['lm']}, " if metrics.get('lm') else '')
+    stage1 = (f"stage 1 (captions) {metrics['stage1_steps']} steps in {metrics['stage1_train_s']:.0f} s, stage 2 "
+              if metrics.get('stages') == 2 else '')
+    return '\n'.join([f"{lm}{stage1}trained {metrics['steps']} steps in {metrics['train_s']:.0f} s in "
+                      f"{metrics['precision']} (blind baseline {metrics['blind_steps']} steps, "
+                      f"{metrics['blind_train_s']:.0f} s; total {metrics['wall_s']:.0f} s), "
                       f"{metrics['visual_tokens']} visual tokens per image",
                       *(line(split, metrics[key]) for split, key in EVAL_SPLITS.items() if key in metrics),
                       line('blind (seen)', metrics['blind'])])

@@ -30,7 +30,8 @@ __all__ = ['IGNORE', 'VLM_PRECISIONS', 'TASKS', 'encode_qa', 'take_rows', 'answe
            'prune_relations', 'part_of', 'make_vlm_optimizer', 'trained_parameters', 'load_vlm', 'LMTrainConfig',
            'pack_text', 'optimizer_step', 'log_step', 'pretrain_lm', 'load_lm', 'copy_weights', 'put_lm', 'start_of',
            'start_from', 'load_tower', 'precompute_features', 'questions_of', 'patch_features', 'jitter_colour',
-           'render_jittered', 'augment_set', 'train_vlm', 'load_prior', 'prior_log_probs', 'train_stages']
+           'render_jittered', 'augment_set', 'with_captions', 'train_vlm', 'load_prior', 'prior_log_probs',
+           'train_stages']
 
 # %% ../nbs/07b_vlm_train.ipynb #152acdf3
 IGNORE = -100   # F.cross_entropy's default ignore_index: positions that are not scored
@@ -99,6 +100,7 @@ class VLMTrainConfig:
     relation_min_objects: int = 2  # relation questions only about scenes with at least this many objects (07b)
     prior: str = ''               # a blind VLM run whose answer log-probabilities join the logits (07b)
     task: str = 'vqa'             # 'vqa' (the questions) or 'caption' (DESCRIBE -> the scene's description)
+    captions: float = 0.          # with task 'vqa': this fraction of the images also asked DESCRIBE (07b, two stages)
     phrasings: bool = False       # ask each question in one of its family's vqa.PHRASINGS, not only the template
     lm: str = ''                  # a text-pretrained LM run (pretrain_lm) the VLM's LM starts from (07b)
     init: str = ''                # a VLM run whose weights this run starts from (stage 2 from stage 1) (07b)
@@ -121,6 +123,9 @@ class VLMTrainConfig:
         if self.lm and self.init:
             raise ValueError("lm and init both given: the VLM run named by init already holds its language model")
         if not 0 <= self.augment <= 1: raise ValueError(f"augment must be in [0, 1], got {self.augment}")
+        if not 0 <= self.captions <= 1: raise ValueError(f"captions must be in [0, 1], got {self.captions}")
+        if self.captions and self.task != 'vqa':
+            raise ValueError(f"captions mixes descriptions into the questions (task 'vqa'), not task {self.task!r}")
         self.per_image()
 
     def per_image(self) -> dict[str, int]:
@@ -305,7 +310,8 @@ def put_lm(model: VLM, lm: TinyLM) -> None:
 def start_of(cfg: VLMTrainConfig) -> tuple[nn.Module | None, Tokenizer]:
     """What a run starts from, the VLM of `cfg.init`, the text LM of `cfg.lm` or None, and the words its VLM speaks:
     that checkpoint's (a `ValueError` naming the task's words it lacks) or the task's own vocabulary."""
-    needed = text_tokenizer() if cfg.task == 'caption' else vqa_tokenizer(phrasing_words() if cfg.phrasings else ())
+    needed = (text_tokenizer() if cfg.task == 'caption' or cfg.captions
+              else vqa_tokenizer(phrasing_words() if cfg.phrasings else ()))
     if not (cfg.init or cfg.lm): return None, needed
     start, tok, _ = load_vlm(cfg.init) if cfg.init else load_lm(cfg.lm)
     missing = sorted(set(needed.vocab) - set(tok.vocab))
@@ -401,6 +407,16 @@ def augment_set(data: VQASet, fraction: float, seed: int = 0) -> VQASet:
     images[pick] = render_jittered([data.scenes[i] for i in pick.tolist()], data.images.shape[-1], seed)
     return dataclasses.replace(data, images=images)
 
+def with_captions(data: VQASet, fraction: float, seed: int = 0) -> VQASet:
+    """`data` with a `caption_set` question (`DESCRIBE`) added about a `fraction` of its images, drawn from `seed`:
+    descriptions beside the questions, as LLaVA's instruction data holds them (`train_stages`' stage 2)."""
+    if not 0 <= fraction <= 1: raise ValueError(f"captions fraction must be in [0, 1], got {fraction}")
+    pick = torch.randperm(len(data.scenes), generator=torch.Generator().manual_seed(seed))
+    caps = caption_set(data).subset(pick[:round(fraction * len(data.scenes))].sort().values.tolist())
+    return dataclasses.replace(data, image=torch.cat([data.image, caps.image]),
+                               **{k: getattr(data, k) + getattr(caps, k)
+                                  for k in ('questions', 'answers', 'families', 'about_held_out')})
+
 # %% ../nbs/07b_vlm_train.ipynb #f4f73318
 def train_vlm(cfg: VLMTrainConfig, vlm_cfg: VLMConfig = VLMConfig()) -> tuple[VLM, Tokenizer, dict]:
     """Train a VLM on the built-in VQA questions (or, with `cfg.task='caption'`, their scenes' descriptions) with the
@@ -423,6 +439,7 @@ def train_vlm(cfg: VLMTrainConfig, vlm_cfg: VLMConfig = VLMConfig()) -> tuple[VL
                            cfg.relation_min_objects)
     if cfg.augment: data = augment_set(data, cfg.augment, cfg.seed)
     if cfg.task == 'caption': data = caption_set(data)
+    if cfg.captions: data = with_captions(data, cfg.captions, cfg.seed)
     weight_of = parse_per_family(cfg.family_weights)
     weights = torch.tensor([weight_of.get(f, 1.) for f in data.families])
     t0 = time.perf_counter()
@@ -474,15 +491,15 @@ def train_stages(cfg: VLMTrainConfig, vlm_cfg: VLMConfig = VLMConfig(),
                  caption_steps: int = 300) -> tuple[VLM, Tokenizer, dict]:
     """LLaVA's two stages with the tower of `cfg.siglip` and the text-pretrained LM of `cfg.lm`: stage 1 trains the
     connector alone on captions for `caption_steps` steps (tower and LM frozen) into `cfg.out_dir`/stage1; stage 2
-    starts from it and trains on the questions with `vlm_cfg`'s modes into `cfg.out_dir`/stage2. Returns stage 2's
-    model, tokenizer and state, with stage 1's state as `stage1`."""
+    starts from it and trains on the questions (and `cfg.captions` of descriptions) with `vlm_cfg`'s modes into
+    `cfg.out_dir`/stage2. Returns stage 2's model, tokenizer and state, with stage 1's state as `stage1`."""
     if not cfg.lm: raise ValueError("two stages need a text-pretrained LM (lm, --lm): stage 1 aligns the connector "
                                     "to it; make one with `minisiglip vlm pretrain-lm`")
     if cfg.init or cfg.task != 'vqa':
         raise ValueError("two stages start from the LM and end on the questions: leave init and task as they are "
                          f"(got init={cfg.init!r}, task={cfg.task!r})")
     out = Path(cfg.out_dir)
-    stage1 = dataclasses.replace(cfg, task='caption', steps=caption_steps, out_dir=str(out / 'stage1'))
+    stage1 = dataclasses.replace(cfg, task='caption', captions=0., steps=caption_steps, out_dir=str(out / 'stage1'))
     _, _, state1 = train_vlm(stage1, dataclasses.replace(vlm_cfg, mode='frozen', lm_mode='frozen'))
     stage2 = dataclasses.replace(cfg, lm='', init=stage1.out_dir, out_dir=str(out / 'stage2'))
     model, tok, state2 = train_vlm(stage2, vlm_cfg)

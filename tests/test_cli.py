@@ -80,6 +80,37 @@ def test_vlm_demo_without_siglip_run_says_how(run_env, tmp_path):
     assert res.returncode == 2 and 'minisiglip demo --out' in res.stderr and 'Traceback' not in res.stderr
 
 
+def test_vlm_demo_two_stages_pretrains_lm_once(run_env, tmp_path):
+    "`vlm demo --stages 2` without --lm pretrains one into OUT/lm, timed apart; with --lm it pretrains nothing."
+    import json
+    siglip = tmp_path / 'siglip'
+    res = minisiglip('train', '--preset', 'tiny_wide', '--steps', '2', '--batch-size', '16', '--n-train', '64',
+                     '--eval-every', '0', '--out', str(siglip), env=run_env)
+    assert res.returncode == 0, res.stderr
+    tiny = ['--siglip', str(siglip), '--stages', '2', '--steps', '4', '--caption-steps', '2', '--n-images', '64',
+            '--n-eval', '12', '--captions', '0.5', '--precision', 'fp32', '--schedule', 'cosine']
+    res = minisiglip('vlm', 'demo', *tiny, '--lm-steps', '3', '--other-program', '4', '--out', str(tmp_path / 'a'),
+                     env=run_env)
+    assert res.returncode == 0, res.stderr
+    m = json.loads((tmp_path / 'a' / 'metrics.json').read_text())
+    assert m['lm_pretrain_s'] > 0 and m['lm'] == str(tmp_path / 'a' / 'lm') and 'LM pretrained on text' in res.stdout
+    for stage in ('stage1', 'stage2'): assert list((tmp_path / 'a' / stage).glob('ckpt_*')), stage
+    assert (m['stages'], m['stage1_steps'], m['steps']) == (2, 2, 2) and set(m['captions']) == {'seen', 'held_out'}
+    assert set(m['other_program']['other_program']) == {'seen', 'held_out', 'held_out_controls'}
+    assert 'captions: seen token F1' in res.stdout and 'drawn by PIL' in res.stdout
+    lm = tmp_path / 'lm'
+    (tmp_path / 'a' / 'lm').rename(lm)
+    res = minisiglip('vlm', 'demo', *tiny, '--lm', str(lm), '--out', str(tmp_path / 'b'), env=run_env)
+    assert res.returncode == 0, res.stderr
+    m = json.loads((tmp_path / 'b' / 'metrics.json').read_text())
+    assert m['lm_pretrain_s'] is None and m['lm'] == str(lm) and not (tmp_path / 'b' / 'lm').exists()
+    assert 'other_program' not in m and set(m['captions']) == {'seen', 'held_out'}
+    assert f'LM from {lm}' in res.stdout
+    res = minisiglip('vlm', 'demo', *tiny, '--lm', str(tmp_path / 'b' / 'x'), '--out', str(tmp_path / 'b'),
+                     env=run_env)
+    assert res.returncode == 2 and 'lies inside' in res.stderr and 'Traceback' not in res.stderr
+
+
 def test_eval_reports_chance_levels_and_multi_label(run_env, tmp_path):
     "`eval` on a 2-step run: eval.json holds the chance levels and multi-label metrics; stdout ends in the summary."
     import json
