@@ -84,13 +84,15 @@ def add_vlm_args(parser: argparse.ArgumentParser) -> None:
         default = getattr(VLM_DEMO_TRAIN, name)
         p.add_argument('--' + name.replace('_', '-'), type=type(default), default=default,
                        help=f'{docs[name]}; default: {default}')
-    p.add_argument('--schedule', choices=SCHEDULES, default=VLM_DEMO_TRAIN.schedule, help='learning-rate schedule')
+    p.add_argument('--schedule', choices=SCHEDULES, default=VLM_DEMO_TRAIN.schedule,
+                   help='learning-rate schedule; default: %(default)s')
     p.add_argument('--value-view', action=argparse.BooleanOptionalAction, default=VLM_DEMO.value_view,
                    help="also show the tower each image without its hue (VLMConfig.value_view); --no-value-view "
                         "keeps the demo's 3 LM blocks, so it is not the first recipe VLM_DEMO_V1")
     p.add_argument('--precision', choices=VLM_PRECISIONS, default=DEMO_PRECISION,
                    help=f"default {DEMO_PRECISION}: bf16 autocast where the hardware multiplies bf16 fast, else fp32")
-    p.add_argument('--n-eval', type=int, default=500, help='validation images per split')
+    p.add_argument('--n-eval', type=int, default=500,
+                   help='test scenes per split the demo is scored on; default: %(default)s')
     p.add_argument('--stages', type=int, choices=(1, 2), default=VLM_DEMO_STAGES,
                    help=f"2: LLaVA's two stages, captions then the questions, into OUT/stage1 and OUT/stage2 "
                         f"(default: {VLM_DEMO_STAGES})")
