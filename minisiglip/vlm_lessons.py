@@ -150,7 +150,7 @@ def verdict(better: list[float], worse: list[float], kind: str = 'beats') -> str
     return 'holds here' if above else 'does not hold here' if below else 'cannot tell'
 
 # %% ../nbs/08a_vlm_lessons.ipynb #c3610429
-NOT_RUN = "not run here: the training modes with a pretrained LM did not fit this CPU budget (section 7)"
+NOT_RUN = "the training modes with a pretrained LM were not run: they did not fit this CPU budget (section 7)"
 NO_NEW_PIXELS = "our crops are scaled up from the same 32 x 32 render: they add no pixels"
 
 @dataclass(frozen=True)
