@@ -19,7 +19,7 @@ from .train import TrainConfig, train, load_checkpoint, lr_at, batch_indices
 from .checkpoint import checkpoints, read_tensors
 from .eval import evaluate
 from .paper import run_key, load_runs, ladder_step, compare, combine, LR_LADDER, SELECT_SEED, TEST_SEED
-from .siglip2_recipe import (LocCa, LocCaVocab, locca_batch, locca_loss, referable, probe_accuracy,
+from .siglip2_recipe import (LocCa, LocCaVocab, locca_batch, locca_loss, referable, pool, probe_accuracy,
                                        dense_probe)
 from .vlm_eval import run_arm
 from .losses import markdown_table
@@ -108,7 +108,7 @@ def location_cells(scenes: list, grid: int = LOC_GRID) -> Tensor:
 def location_features(vit: ViT, images: Tensor) -> dict[str, Tensor]:
     "`pooled` `(n, embed_dim)`: the MAP head's projected output; `unpooled` `(n, L * width)`: all tokens, flattened."
     tokens = vit.tokens(images)
-    return {'pooled': vit.encoder.proj(vit.encoder.head(tokens)), 'unpooled': tokens.flatten(1)}
+    return {'pooled': pool(vit, tokens), 'unpooled': tokens.flatten(1)}
 
 def location_probe(vit: ViT, train: ShapesDataset, test: ShapesDataset, grid: int = LOC_GRID) -> dict[str, float]:
     "Test accuracy of the location probe on each of `location_features` (single-object scenes)."
