@@ -204,6 +204,7 @@ def arm_grid(runs: dict, arm: str, steps: int) -> list[float]:
 
 def chosen_lr(runs: dict, arm: str, steps: int) -> float:
     "The rate of `arm`'s grid with the best dev score."
+    if not arm_grid(runs, arm, steps): raise ValueError(f"{arm}: no dev runs of {steps} steps: run run_claims_study")
     return max(arm_grid(runs, arm, steps), key=lambda lr: runs[run_key(dev_spec(arm, lr, steps))]['dev_score'])
 
 def run_claims_study(path: str | Path, steps: int = STUDY['steps'], work: str | Path | None = None,
