@@ -207,13 +207,14 @@ def locca_batch(vocab: LocCaVocab, scenes: list, captions: list[str],
 
 # %% ../nbs/09d_siglip2_recipe.ipynb #1bea9da8
 class LocCa(nn.Module):
-    """LocCa's decoder for a `SigLIPConfig`: `TinyLM` blocks (causal, each after a gated cross-attention block, 07) of
-    the text tower's width and heads and half its depth, reading the image tower's final tokens."""
+    """LocCa's decoder for a `SigLIPConfig`: `TinyLM` blocks (causal, each after a cross-attention block, 07, ungated)
+    of the text tower's width and heads and half its depth, reading the image tower's final tokens."""
     def __init__(self, cfg: SigLIPConfig, vocab_size: int, max_len: int):
         super().__init__()
         self.ctx = nn.Linear(cfg.vit_width, cfg.txt_width)                       # image tokens to the text width
         self.lm = TinyLM(vocab_size, cfg.txt_width, max(1, cfg.txt_depth // 2), cfg.txt_heads, max_len,
                          cfg.mlp_ratio, cross_attention=True)
+        for block in self.lm.xattn: block.gates = None     # a decoder trained from scratch: reads the image at once
 
     def forward(self, image_tokens: Tensor, ids: Tensor) -> Tensor:
         "Next-token logits `(B, T, vocab)` of `ids` `(B, T)` reading `image_tokens` `(B, L, vit_width)`."
