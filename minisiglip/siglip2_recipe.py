@@ -12,13 +12,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 from .model import ViT, SigLIP, SigLIPConfig
-from .data import Tokenizer
+from .data import Tokenizer, ShapesDataset, COLOURS, SHAPES, _inside
 from .vlm import TinyLM
 
 # %% auto #0
 __all__ = ['LOCCA_TASKS', 'make_teacher', 'ema_update', 'crop_corners', 'crop_resize', 'views', 'feature_distance', 'silc_loss',
            'patch_mask', 'masked_tokens', 'tips_loss', 'DistillConfig', 'pool', 'Distiller', 'LocCaVocab', 'referable',
-           'locca_batch', 'LocCa', 'locca_loss', 'distill_config', 'check_recipe', 'LocCaHook', 'Recipe', 'add_recipe']
+           'locca_batch', 'LocCa', 'locca_loss', 'distill_config', 'check_recipe', 'LocCaHook', 'Recipe', 'add_recipe',
+           'patch_labels', 'probe_accuracy', 'dense_probe']
 
 # %% ../nbs/09d_siglip2_recipe.ipynb #c30a760d
 def make_teacher(student: nn.Module) -> nn.Module:
@@ -206,13 +207,14 @@ def locca_batch(vocab: LocCaVocab, scenes: list, captions: list[str],
 
 # %% ../nbs/09d_siglip2_recipe.ipynb #1bea9da8
 class LocCa(nn.Module):
-    """LocCa's decoder for a `SigLIPConfig`: `TinyLM` blocks (causal, each after a gated cross-attention block, 07) of
-    the text tower's width and heads and half its depth, reading the image tower's final tokens."""
+    """LocCa's decoder for a `SigLIPConfig`: `TinyLM` blocks (causal, each after a cross-attention block, 07, ungated)
+    of the text tower's width and heads and half its depth, reading the image tower's final tokens."""
     def __init__(self, cfg: SigLIPConfig, vocab_size: int, max_len: int):
         super().__init__()
         self.ctx = nn.Linear(cfg.vit_width, cfg.txt_width)                       # image tokens to the text width
         self.lm = TinyLM(vocab_size, cfg.txt_width, max(1, cfg.txt_depth // 2), cfg.txt_heads, max_len,
                          cfg.mlp_ratio, cross_attention=True)
+        for block in self.lm.xattn: block.gates = None     # a decoder trained from scratch: reads the image at once
 
     def forward(self, image_tokens: Tensor, ids: Tensor) -> Tensor:
         "Next-token logits `(B, T, vocab)` of `ids` `(B, T)` reading `image_tokens` `(B, L, vit_width)`."
@@ -294,3 +296,43 @@ def add_recipe(cfg, model: SigLIP, optimizer: torch.optim.Optimizer, world: int,
                          (0., [p for p in params if id(p) not in kernels])):
         if group: optimizer.add_param_group(dict(params=group, weight_decay=decay, lr_mult=1.))
     return recipe
+
+# %% ../nbs/09d_siglip2_recipe.ipynb #1cb38331
+def patch_labels(scenes: list, grid: int) -> tuple[Tensor, Tensor]:
+    "`(colour, shape)` labels `(n, grid**2)` of each patch's centre: 0 for background, else 1 + the attribute's index."
+    c = (torch.arange(grid) + 0.5) / grid
+    Y, X = torch.meshgrid(c, c, indexing='ij')
+    colour, shape = torch.zeros(len(scenes), grid * grid, dtype=torch.long), torch.zeros(len(scenes), grid * grid,
+                                                                                      dtype=torch.long)
+    for i, scene in enumerate(scenes):
+        for o in scene:
+            inside = _inside(o['shape'], (X - o['x']) / o['r'], (Y - o['y']) / o['r']).flatten()
+            colour[i, inside], shape[i, inside] = 1 + COLOURS.index(o['colour']), 1 + SHAPES.index(o['shape'])
+    return colour, shape
+
+def probe_accuracy(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tensor, iters: int = 300,
+                   skip: int | None = 0) -> float:
+    """Test accuracy of a logistic-regression probe (standardised features, L-BFGS) fit on all training rows, scored
+    on the test rows whose label is not `skip` (0: the background patches; None: every row)."""
+    mean, std = train_x.mean(0), train_x.std(0) + 1e-6
+    w = torch.zeros(train_x.shape[1], int(train_y.max()) + 1, requires_grad=True)
+    b = torch.zeros(w.shape[1], requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], max_iter=iters, line_search_fn='strong_wolfe')
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy((train_x - mean) / std @ w + b, train_y) + 1e-4 * w.pow(2).sum()
+        loss.backward()
+        return loss
+    opt.step(closure)
+    on = torch.ones_like(test_y, dtype=torch.bool) if skip is None else test_y != skip
+    with torch.no_grad(): pred = (((test_x - mean) / std) @ w + b).argmax(1)
+    return (pred[on] == test_y[on]).float().mean().item()
+
+def dense_probe(model: SigLIP, train_scenes: ShapesDataset, test_scenes: ShapesDataset) -> dict:
+    "Colour and shape probe accuracies on object patches from `model`'s final image tokens."
+    with torch.no_grad():
+        feats = [model.image.tokens(ds.images).flatten(0, 1) for ds in (train_scenes, test_scenes)]
+    grid = model.image.grid
+    (tc, ts), (vc, vs) = (patch_labels(ds.scenes, grid) for ds in (train_scenes, test_scenes))
+    return {'colour': probe_accuracy(feats[0], tc.flatten(), feats[1], vc.flatten()),
+            'shape': probe_accuracy(feats[0], ts.flatten(), feats[1], vs.flatten())}

@@ -22,7 +22,7 @@ NBS = Path(__file__).resolve().parent.parent / 'nbs'
 GENERATED = ['index.ipynb', '03_data.ipynb', '03b_streaming.ipynb', '06a_demo.ipynb',   # the notebooks whose prose
              '06b_demo_recipes.ipynb', '08_vlm_eval.ipynb', '08a_vlm_lessons.ipynb',        # quotes saved results
              '08b_vlm_recipes.ipynb', '08c_vlm_robustness.ipynb', '09_paper.ipynb', '09b_siglip2.ipynb',
-             '09c_paper_trials.ipynb', '09d_siglip2_recipe.ipynb']
+             '09c_paper_trials.ipynb', '09d_siglip2_recipe.ipynb', '09e_siglip2_claims.ipynb']
 OTHER_CPU = {'ATEN_CPU_CAPABILITY': 'avx2',        # PyTorch's own vectorised kernels (reductions, elementwise)
              'MKL_ENABLE_INSTRUCTIONS': 'AVX2',    # MKL's matrix products
              'ONEDNN_MAX_CPU_ISA': 'AVX2'}         # oneDNN's (no AMX, no AVX-512)
