@@ -18,7 +18,9 @@ from .model import ViT, SigLIP
 from .train import TrainConfig, train, load_checkpoint, lr_at, batch_indices
 from .checkpoint import checkpoints, read_tensors
 from .eval import evaluate
-from .paper import run_key, load_runs, ladder_step, compare, combine, LR_LADDER, SELECT_SEED, TEST_SEED
+from .paper import (run_key, load_runs, ladder_step, compare, combine, spread, LR_LADDER, SELECT_SEED,
+                              TEST_SEED)
+from .vqa import chance
 from .siglip2_recipe import (LocCa, LocCaVocab, locca_batch, locca_loss, referable, pool, probe_accuracy,
                                        dense_probe)
 from .vlm_eval import run_arm
@@ -29,8 +31,8 @@ __all__ = ['LOC_GRID', 'ARMS', 'STUDY', 'FIRST_LRS', 'SEEDS', 'N_EVAL', 'PROBE_S
            'MEASURES', 'ARM_NAMES', 'NOT_TESTABLE', 'box_iou', 'true_box', 'box_of_tokens', 'refer', 'ref_accuracy',
            'fresh_decoder', 'location_cells', 'location_features', 'location_probe', 'dev_score', 'train_arm',
            'joint_decoder', 'timed', 'measure_tower', 'append_run', 'dev_spec', 'arm_grid', 'chosen_lr',
-           'run_claims_study', 'dig', 'test_runs', 'claim_verdict', 'seed_summary', 'claim_rows', 'claims_table',
-           'arm_summary', 'study_cpu_s', 'arm_table']
+           'run_claims_study', 'dig', 'test_runs', 'constant_box_floor', 'floors', 'at_floor', 'claim_verdict',
+           'seed_summary', 'claim_rows', 'claims_table', 'arm_summary', 'study_cpu_s', 'arm_table']
 
 # %% ../nbs/09e_siglip2_claims.ipynb #42cfaa2a
 def box_iou(a: Tensor, b: Tensor) -> Tensor:
@@ -261,6 +263,23 @@ def test_runs(runs: dict, arm: str, steps: int = STUDY['steps']) -> list[dict]:
     if missing: raise ValueError(f"{arm}: no test runs for seeds {missing} at lr {lr:g}: run run_claims_study")
     return [runs[k] for k in keys]
 
+def constant_box_floor(scenes: list) -> float:
+    """Referring accuracy of a blind guess: one box for every question, the scenes' true box that the most of their
+    boxes overlap at IoU >= 0.5. A decoder that does not beat it has not read the image."""
+    boxes = torch.tensor([true_box(s[referable(s)[0]]) for s in scenes], dtype=torch.float64)
+    return max((box_iou(b.expand(len(boxes), 4), boxes) >= 0.5).double().mean().item() for b in boxes)
+
+def floors() -> dict[str, float]:
+    "The floor of each measure that has one here, on the study's test scenes: what a model reading no image scores."
+    return {'referring expressions, IoU >= 0.5 (fresh decoder)':
+                constant_box_floor(ShapesDataset(N_EVAL, 'val', seed=TEST_SEED).scenes),
+            'VLM on the frozen tower: position questions': chance('position'),
+            'VLM on the frozen tower: relation questions': chance('relation')}
+
+def at_floor(xs: list[float], floor: float) -> bool:
+    "Is the mean of the seeds `xs` within their own range of `floor` (or under it)?"
+    return mean(xs) - floor <= spread(xs)
+
 def claim_verdict(base: list[float], arm: list[float], kind: str) -> str:
     """09_paper's rule: 'better' holds when `arm`'s mean beats `base`'s by more than the larger seed range; 'not
     worse' fails only when `base` beats `arm` by as much."""
@@ -271,16 +290,19 @@ def seed_summary(xs: list[float]) -> str: return f"{mean(xs):.3f} ({min(xs):.3f}
 
 def claim_rows(path: str | Path, steps: int = STUDY['steps']) -> list[dict]:
     "Every measure of every SigLIP 2 arm against plain SigLIP: the values per seed and the verdict."
-    runs = load_runs(path)
+    runs, floor_of = load_runs(path), floors()
     base = test_runs(runs, 'siglip', steps)
     rows = []
     for arm in [a for a in ARMS if a != 'siglip']:
         ours = test_runs(runs, arm, steps)
         for name, (where, kind) in MEASURES.items():
             b, o = [dig(r, where) for r in base], [dig(r, where) for r in ours]
+            floor = floor_of.get(name)
+            blind = floor is not None and at_floor(b, floor) and at_floor(o, floor)
             rows.append(dict(claim=f"{ARM_NAMES[arm]}: {name} is {kind}",
-                             arm=arm, measure=name, kind=kind, base=b, arm_values=o,
-                             verdict=claim_verdict(b, o, kind)))
+                             arm=arm, measure=name, kind=kind, base=b, arm_values=o, floor=floor,
+                             verdict=f'not testable here: both at the floor ({floor:.3f})' if blind
+                             else claim_verdict(b, o, kind)))
     return rows
 
 def claims_table(path: str | Path, steps: int = STUDY['steps']) -> str:
