@@ -10,6 +10,13 @@ def minisiglip(*args, env) -> subprocess.CompletedProcess:
     return subprocess.run(['minisiglip', *args], capture_output=True, text=True, env=env, timeout=600)
 
 
+def two_step_run(out, env) -> None:
+    "A 2-step tiny SigLIP run in `out`: the tower and checkpoint that `vlm` and `eval` commands need."
+    res = minisiglip('train', '--preset', 'tiny_wide', '--steps', '2', '--batch-size', '16', '--n-train', '64',
+                     '--eval-every', '0', '--out', str(out), env=env)
+    assert res.returncode == 0, res.stderr
+
+
 def test_help_lists_every_subcommand(run_env):
     res = minisiglip('--help', env=run_env)
     assert res.returncode == 0, res.stderr
@@ -45,9 +52,7 @@ def test_vlm_train_and_ask(run_env, tmp_path):
     """`vlm train` (one ablation arm in bf16, evaluated) on a 2-step SigLIP run, then `vlm ask`: the answer is the
     last line; bad input is one line, exit 2."""
     siglip, vlm = tmp_path / 'siglip', tmp_path / 'vlm'
-    res = minisiglip('train', '--preset', 'tiny_wide', '--steps', '2', '--batch-size', '16', '--n-train', '64',
-                     '--eval-every', '0', '--out', str(siglip), env=run_env)
-    assert res.returncode == 0, res.stderr
+    two_step_run(siglip, run_env)
     res = minisiglip('vlm', 'train', '--siglip', str(siglip), '--steps', '3', '--n-images', '50', '--batch-size', '16',
                      '--connector', 'perceiver', '--latents', '4', '--mode', 'lora', '--out', str(vlm), '--n-eval', '20',
                      '--precision', 'bf16', env=run_env)
@@ -84,9 +89,7 @@ def test_vlm_demo_two_stages_pretrains_lm_once(run_env, tmp_path):
     "`vlm demo --stages 2` without --lm pretrains one into OUT/lm, timed apart; with --lm it pretrains nothing."
     import json
     siglip = tmp_path / 'siglip'
-    res = minisiglip('train', '--preset', 'tiny_wide', '--steps', '2', '--batch-size', '16', '--n-train', '64',
-                     '--eval-every', '0', '--out', str(siglip), env=run_env)
-    assert res.returncode == 0, res.stderr
+    two_step_run(siglip, run_env)
     tiny = ['--siglip', str(siglip), '--stages', '2', '--steps', '4', '--caption-steps', '2', '--n-images', '64',
             '--n-eval', '12', '--captions', '0.5', '--precision', 'fp32', '--schedule', 'cosine']
     res = minisiglip('vlm', 'demo', *tiny, '--lm-steps', '3', '--other-program', '4', '--out', str(tmp_path / 'a'),
@@ -115,9 +118,7 @@ def test_eval_reports_chance_levels_and_multi_label(run_env, tmp_path):
     "`eval` on a 2-step run: eval.json holds the chance levels and multi-label metrics; stdout ends in the summary."
     import json
     run = tmp_path / 'run'
-    res = minisiglip('train', '--preset', 'tiny_wide', '--steps', '2', '--batch-size', '16', '--n-train', '64',
-                     '--eval-every', '0', '--out', str(run), env=run_env)
-    assert res.returncode == 0, res.stderr
+    two_step_run(run, run_env)
     res = minisiglip('eval', str(run), '--n', '40', env=run_env)
     assert res.returncode == 0, res.stderr
     m = json.loads((run / 'eval.json').read_text())
