@@ -12,20 +12,22 @@ import torch
 from .data import Tokenizer, read_image
 from .checkpoint import latest_checkpoint
 from .vlm import VLM, VLMConfig, CONNECTORS, FUSIONS, MODES
-from .vqa import encode_question
+from .vqa import encode_question, make_vqa
 from .vlm_train import (VLMTrainConfig, VLM_PRECISIONS, TASKS, LMTrainConfig, train_vlm, load_vlm,
                                   pretrain_lm, train_stages)
 from .vlm_eval import (answer, evaluate_vlm, vqa_table, vlm_demo, vlm_report, EVAL_SPLITS, VLM_DEMO,
                                  VLM_DEMO_TRAIN, VLM_DEMO_STAGES, VLM_DEMO_CAPTION_STEPS, VLM_DEMO_CAPTIONS,
-                                 VLM_DEMO_LM)
+                                 VLM_DEMO_LM, VLM_DEMO_PHRASINGS, VLM_DEMO_AUGMENT, VLM_DEMO_OTHER_PROGRAM,
+                                 VLM_DEMO_LR_SCALE, scale_rates)
 from .vlm_robust import (caption_report, evaluate_captions, evaluate_phrasings, phrasing_table,
-                                   evaluate_other_program, other_program_table)
+                                   phrasing_gaps, starts_right, gap_table, evaluate_other_program,
+                                   other_program_table)
 from .vqa import DESCRIBE
 from .demo import DEMO_PRECISION
 
 # %% auto #0
-__all__ = ['EMPTY_ANSWER', 'ask', 'add_vlm_args', 'vlm_demo_configs', 'demo_captions', 'demo_evaluations', 'demo_report',
-           'run_vlm']
+__all__ = ['EMPTY_ANSWER', 'ask', 'add_vlm_args', 'vlm_demo_configs', 'demo_captions', 'demo_phrasings', 'demo_evaluations',
+           'demo_report', 'run_vlm']
 
 # %% ../nbs/08d_vlm_cli.ipynb #017d921e
 EMPTY_ANSWER = "(an empty answer: the VLM ended its answer before any word)"
@@ -105,34 +107,58 @@ def add_vlm_args(parser: argparse.ArgumentParser) -> None:
                                               "demo pretrains one into OUT/lm first, timed apart (lm_pretrain_s)")
     p.add_argument('--lm-steps', type=int, default=VLM_DEMO_LM.steps,
                    help=f"steps of that text pretraining (default: {VLM_DEMO_LM.steps})")
-    p.add_argument('--other-program', type=int, default=0, metavar='N',
-                   help='also evaluate on N test scenes per split drawn by PIL, per family (08c; default: 0, none)')
+    p.add_argument('--phrasings', action=argparse.BooleanOptionalAction, default=VLM_DEMO_PHRASINGS,
+                   help="train (and pretrain the LM) on several phrasings of each question, and score the phrasings "
+                        "never trained against the templates (default: %(default)s)")
+    p.add_argument('--augment', type=float, default=VLM_DEMO_AUGMENT,
+                   help="the fraction of stage 2's images drawn anti-aliased and jittered (default: %(default)s)")
+    p.add_argument('--other-program', type=int, default=VLM_DEMO_OTHER_PROGRAM, metavar='N',
+                   help='evaluate on N test scenes per split drawn by PIL too, per family (08c; 0: none; '
+                        'default: %(default)s)')
 
 def vlm_demo_configs(args: argparse.Namespace) -> tuple[VLMConfig, VLMTrainConfig]:
-    """The VLM demo recipe (`VLM_DEMO`, `VLM_DEMO_TRAIN` with `VLM_DEMO_CAPTIONS`) with the knobs `minisiglip vlm demo`
-    takes as flags (the stages, `lm` and `lm_steps` go to `vlm_demo` apart)."""
+    """The VLM demo recipe (`VLM_DEMO`, `VLM_DEMO_TRAIN` at `VLM_DEMO_LR_SCALE` times its rates, with
+    `VLM_DEMO_CAPTIONS`) with the knobs `minisiglip vlm demo` takes as flags (the stages, `lm` and `lm_steps` go to
+    `vlm_demo` apart)."""
     return (dataclasses.replace(VLM_DEMO, value_view=args.value_view),
-            dataclasses.replace(VLM_DEMO_TRAIN, steps=args.steps, n_images=args.n_images, seed=args.seed,
-                                device=args.device, schedule=args.schedule, precision=args.precision,
-                                captions=args.captions))
+            dataclasses.replace(scale_rates(VLM_DEMO_TRAIN, VLM_DEMO_LR_SCALE), steps=args.steps,
+                                n_images=args.n_images, seed=args.seed, device=args.device, schedule=args.schedule,
+                                precision=args.precision, captions=args.captions, phrasings=args.phrasings,
+                                augment=args.augment))
 
 def demo_captions(model: VLM, tok: Tokenizer, n_images: int, seed: int) -> dict | None:
     "`evaluate_captions` of a VLM that has a description's words (its LM read text, or it described); else None."
     return evaluate_captions(model, tok, n_images, seed) if all(w in tok.stoi for w in DESCRIBE.split()) else None
 
-def demo_evaluations(other_program: int = 0) -> dict[str, Callable]:
+def demo_phrasings(model: VLM, tok: Tokenizer, n_images: int, seed: int) -> dict:
+    """`evaluate_phrasings`' accuracies, the held-out phrasings' `phrasing_gaps` against the templates, and how their
+    wrong answers go wrong (`starts_right`)."""
+    held_out = make_vqa(n_images, 'seen', seed=seed, image_size=model.vision.image_size, phrasing='held_out')
+    return {'accuracy': evaluate_phrasings(model, tok, n_images, seed),
+            'gaps': phrasing_gaps(model, tok, n_images, seed), 'held_out': starts_right(model, tok, held_out)}
+
+def demo_evaluations(other_program: int = 0, phrasings: bool = False) -> dict[str, Callable]:
     """What `vlm demo` evaluates beside the questions (`vlm_demo`'s `evaluations`), each under its key of
-    `metrics.json`: `captions` (`demo_captions`), and with `other_program` > 0, `other_program`: accuracy per family
-    on that many scenes per split as our renderer and as PIL draws them (`evaluate_other_program`)."""
+    `metrics.json`: `captions` (`demo_captions`); with `phrasings`, `phrasings` (`demo_phrasings`); and with
+    `other_program` > 0, `other_program`: accuracy per family on that many scenes per split as our renderer and as PIL
+    draws them, with the paired gaps (`evaluate_other_program`)."""
     out = {'captions': demo_captions}
+    if phrasings: out['phrasings'] = demo_phrasings
     if other_program: out['other_program'] = lambda model, tok, n, seed: evaluate_other_program(model, tok,
                                                                                                other_program, seed)
     return out
 
 def demo_report(metrics: dict) -> str:
-    "`vlm_report`, then the caption scores and the tables of scenes drawn by PIL where `metrics` holds them."
+    """`vlm_report`, then the caption scores, the phrasings' and the scenes drawn by PIL's tables where `metrics`
+    holds them."""
     lines = [vlm_report(metrics)]
     if metrics.get('captions'): lines.append(caption_report(metrics['captions']))
+    if metrics.get('phrasings'):
+        held = metrics['phrasings']['held_out']
+        lines += ['', phrasing_table(metrics['phrasings']['accuracy']) + '\n',
+                  gap_table(metrics['phrasings']['gaps'], 10, 'held-out phrasings vs templates') + '\n',
+                  f"held-out phrasings: {100 * held['starts_right']['overall']:.1f}% of the answers begin with the "
+                  f"right answer, {100 * held['empty']['overall']:.1f}% are empty"]
     if metrics.get('other_program'):
         lines += ['', *(other_program_table(metrics['other_program'], split) + '\n' for split in ('seen', 'held_out'))]
     return '\n'.join(lines)
@@ -164,6 +190,6 @@ def run_vlm(args: argparse.Namespace) -> int:
         metrics = vlm_demo(args.siglip, args.out, *vlm_demo_configs(args), n_eval=args.n_eval, stages=args.stages,
                            caption_steps=args.caption_steps, lm=args.lm,
                            lm_cfg=dataclasses.replace(VLM_DEMO_LM, steps=args.lm_steps),
-                           evaluations=demo_evaluations(args.other_program))
+                           evaluations=demo_evaluations(args.other_program, args.phrasings))
         print(demo_report(metrics) + f'\nrun folder: {args.out}' + ('; ask OUT/stage2' if args.stages == 2 else ''))
     return 0

@@ -263,16 +263,18 @@ def text_tokenizer() -> Tokenizer:
     "The VQA vocabulary plus every word of the scene captions (`03_data`'s templates) and of the descriptions."
     return vqa_tokenizer(extra=[*shapes_words(), DESCRIBE, 'and'])
 
-def text_corpus(n_scenes: int, seed: int = 0, held_out_text: bool = False) -> list[str]:
+def text_corpus(n_scenes: int, seed: int = 0, held_out_text: bool = False, phrasings: bool = False) -> list[str]:
     """Lines of text about `n_scenes` scenes drawn without images: per scene its caption, `DESCRIBE` with its
     description, and a question of each family that applies followed by its answer. Without `held_out_text` neither
-    the scenes nor the pairs an existence question denies hold a `HELD_OUT` pair."""
+    the scenes nor the pairs an existence question denies hold a `HELD_OUT` pair. With `phrasings` each question is
+    in one of its family's training `PHRASINGS`, drawn apart (the same scenes and answers), never a held-out one."""
     if n_scenes < 1: raise ValueError(f"n_scenes must be at least 1, got {n_scenes}")
     pairs = [(c, s) for c in COLOURS for s in SHAPES if held_out_text or (c, s) not in HELD_OUT]
-    rng = random.Random(f'text-{seed}')
+    rng, prng = random.Random(f'text-{seed}'), random.Random(f'text-phrasing-{seed}')
+    ask = lambda family, q: rephrase(q, family, prng.choice(PHRASINGS[family])) if phrasings else q
     lines = []
     for _ in range(n_scenes):
         scene = _sample_scene(rng, 3, pairs)
         lines += [caption_scene(scene, rng), f'{DESCRIBE} {describe_scene(scene)}']
-        lines += [f'{qa[0]} {qa[1]}' for family in FAMILIES if (qa := ASK[family](scene, rng, None, pairs))]
+        lines += [f'{ask(family, qa[0])} {qa[1]}' for family in FAMILIES if (qa := ASK[family](scene, rng, None, pairs))]
     return lines

@@ -100,14 +100,18 @@ def test_vlm_demo_two_stages_pretrains_lm_once(run_env, tmp_path):
     for stage in ('stage1', 'stage2'): assert list((tmp_path / 'a' / stage).glob('ckpt_*')), stage
     assert (m['stages'], m['stage1_steps'], m['steps']) == (2, 2, 2) and set(m['captions']) == {'seen', 'held_out'}
     assert set(m['other_program']['other_program']) == {'seen', 'held_out', 'held_out_controls'}
+    assert set(m['other_program']['gaps']['seen']) == set(m['other_program']['builtin']['seen'])
+    assert set(m['phrasings']) == {'accuracy', 'gaps', 'held_out'} and m['config']['phrasings']
     assert 'captions: seen token F1' in res.stdout and 'drawn by PIL' in res.stdout
+    assert 'within 10 points?' in res.stdout and 'within 5?' in res.stdout
     lm = tmp_path / 'lm'
     (tmp_path / 'a' / 'lm').rename(lm)
-    res = minisiglip('vlm', 'demo', *tiny, '--lm', str(lm), '--out', str(tmp_path / 'b'), env=run_env)
+    res = minisiglip('vlm', 'demo', *tiny, '--lm', str(lm), '--other-program', '0', '--no-phrasings',
+                     '--out', str(tmp_path / 'b'), env=run_env)
     assert res.returncode == 0, res.stderr
     m = json.loads((tmp_path / 'b' / 'metrics.json').read_text())
     assert m['lm_pretrain_s'] is None and m['lm'] == str(lm) and not (tmp_path / 'b' / 'lm').exists()
-    assert 'other_program' not in m and set(m['captions']) == {'seen', 'held_out'}
+    assert 'other_program' not in m and 'phrasings' not in m and set(m['captions']) == {'seen', 'held_out'}
     assert f'LM from {lm}' in res.stdout
     res = minisiglip('vlm', 'demo', *tiny, '--lm', str(tmp_path / 'b' / 'x'), '--out', str(tmp_path / 'b'),
                      env=run_env)
