@@ -22,7 +22,7 @@ from .paper import ladder_step
 
 # %% auto #0
 __all__ = ['LESSON_BASE', 'LESSON_TRAIN', 'LR_LADDER', 'FIRST_FACTORS', 'SEEDS', 'MORE_SEEDS', 'CLOSE', 'N_EVAL', 'TOWERS',
-           'ARMS', 'NOT_RUN', 'NO_NEW_PIXELS', 'CLAIMS', 'LM_RUNS', 'LESSON_LM', 'LM_BASE', 'LM_TRAIN', 'LM_LADDER',
+           'ARMS', 'NO_NEW_PIXELS', 'CLAIMS', 'LM_RUNS', 'LESSON_LM', 'LM_STARTS', 'LM_BASE', 'LM_TRAIN', 'LM_LADDER',
            'LM_ARMS', 'LESSON_FILES', 'LESSONS', 'read_rows', 'lr_grid', 'best_lr', 'grid_extension', 'is_bracketed',
            'run_grid', 'chosen_runs', 'arm_scores', 'verdict', 'Claim', 'judge', 'is_close', 'lesson_lms', 'lm_arms',
            'run_lm_study', 'run_length_check', 'committed_rows', 'train_seconds', 'lesson_table', 'plot_lesson',
@@ -150,7 +150,6 @@ def verdict(better: list[float], worse: list[float], kind: str = 'beats') -> str
     return 'holds here' if above else 'does not hold here' if below else 'cannot tell'
 
 # %% ../nbs/08a_vlm_lessons.ipynb #c3610429
-NOT_RUN = "cross-attention with a pretrained LM was not run: it did not fit this CPU budget (section 7)"
 NO_NEW_PIXELS = "our crops are scaled up from the same 32 x 32 render: they add no pixels"
 
 @dataclass(frozen=True)
@@ -199,13 +198,15 @@ CLAIMS = [
     Claim('LM × tower', "the LM's pretraining matters more than the tower's, on unseen colour–shape pairs", '',
           'LM pretrained, tower random', 'LM random, tower trained', split='held_out'),
     Claim('fusion × mode, pretrained LM', 'frozen backbones: cross-attention beats the prefix', '66.7 vs 60.3',
-          'cross-attn, both frozen', 'prefix, both frozen', untested=NOT_RUN),
+          'cross-attn, both frozen', 'prefix, both frozen'),
     Claim('fusion × mode, pretrained LM', 'LoRA on both backbones: the prefix beats cross-attention', '69.5 vs 67.3',
-          'prefix, both LoRA', 'cross-attn, both LoRA', untested=NOT_RUN),
+          'prefix, both LoRA', 'cross-attn, both LoRA'),
     Claim('fusion × mode, pretrained LM', 'prefix: LoRA beats frozen backbones', '69.5 vs 60.3',
           'prefix, both LoRA', 'prefix, both frozen'),
     Claim('fusion × mode, pretrained LM', 'prefix: LoRA beats unfreezing both backbones', 'full unfreezing diverged',
           'prefix, both LoRA', 'LM pretrained, tower trained'),
+    Claim('LM text', 'an LM that has read about the held-out pairs answers questions about them better', '',
+          'LM read held-out pairs, tower trained', 'LM pretrained, tower trained', split='held_out'),
 ]
 
 def judge(rows: list[dict], claim: Claim) -> dict:
@@ -223,8 +224,17 @@ def is_close(rows: list[dict], claim: Claim) -> bool:
     return any(abs(a - b) < CLOSE for a in j['better'] for b in j['worse'])
 
 # %% ../nbs/08a_vlm_lessons.ipynb #29973777
-LM_RUNS = {'pretrained': 'runs/lm_lessons', 'random': 'runs/lm_lessons_init'}   # the two starts of the VLM's LM
+LM_RUNS = {'pretrained': 'runs/lm_lessons', 'random': 'runs/lm_lessons_init',        # the starts of the VLM's LM
+           'read held-out': 'runs/lm_lessons_held_out_text', 'pretrained, LM seed 1': 'runs/lm_lessons_seed1',
+           'read held-out, LM seed 1': 'runs/lm_lessons_held_out_text_seed1'}
 LESSON_LM = LMTrainConfig(max_len=32)    # the VLM's LM sizes; 32 positions: 16 visual tokens, then 16 of text
+LM_STARTS = {               # how each LM of LM_RUNS differs from LESSON_LM's pretraining
+    'pretrained': {},
+    'random': dict(steps=1, lr=0.),     # one step at learning rate 0 moves nothing: the weights pretraining starts from
+    'read held-out': dict(held_out_text=True),   # its text may name the held-out colour-shape pairs (section 8)
+    'pretrained, LM seed 1': dict(seed=1),       # the pair above drawn again: another init and another text sample
+    'read held-out, LM seed 1': dict(seed=1, held_out_text=True),
+}
 LM_BASE = dataclasses.replace(LESSON_BASE, mode='full', lm_mode='full')   # both backbones train: only starts differ
 LM_TRAIN = dataclasses.replace(LESSON_TRAIN, steps=600)   # full-tower steps cost more: what the CPU allowed (08a)
 LM_LADDER = (*LR_LADDER, 16.)            # one rung more: LoRA's best factor sat at x8, the top of LR_LADDER
@@ -233,17 +243,25 @@ LM_ARMS = {                 # name: overrides of LM_BASE; `lm` names an entry of
     'LM pretrained, tower random': dict(lm='pretrained', random_tower=True),
     'LM random, tower trained': dict(lm='random'),
     'LM random, tower random': dict(lm='random', random_tower=True),
-    # with the first arm, the prefix's three modes (section 7)
+    # with the first arm, the prefix's three modes, and cross-attention's (section 7)
     'prefix, both frozen': dict(lm='pretrained', mode='frozen', lm_mode='frozen'),
     'prefix, both LoRA': dict(lm='pretrained', mode='lora', lm_mode='lora'),
+    'cross-attn, both frozen': dict(lm='pretrained', fusion='cross_attention', mode='frozen', lm_mode='frozen'),
+    'cross-attn, both LoRA': dict(lm='pretrained', fusion='cross_attention', mode='lora', lm_mode='lora'),
+    'cross-attn, both full': dict(lm='pretrained', fusion='cross_attention'),
+    # the first arm's recipe from an LM whose text named the held-out pairs (section 8)
+    'LM read held-out pairs, tower trained': dict(lm='read held-out'),
+    'LM pretrained, tower trained (LM seed 1)': dict(lm='pretrained, LM seed 1'),
+    'LM read held-out pairs, tower trained (LM seed 1)': dict(lm='read held-out, LM seed 1'),
 }
 
 def lesson_lms(lms: dict[str, str], cfg: LMTrainConfig = LESSON_LM) -> dict:
-    """Pretrain `cfg`'s LM into `lms['pretrained']` and save the weights it started from into `lms['random']` (one
-    step at learning rate 0 moves nothing); each only if missing. Returns the pretraining run's state."""
-    if latest_checkpoint(lms['random']) is None:
-        pretrain_lm(dataclasses.replace(cfg, steps=1, lr=0., out_dir=lms['random']))
-    if latest_checkpoint(lms['pretrained']) is None: pretrain_lm(dataclasses.replace(cfg, out_dir=lms['pretrained']))
+    """Pretrain each LM of `lms` (a name of `LM_STARTS`: run folder) as `LM_STARTS` says, from `cfg`, each only if
+    missing. Returns the state of `lms['pretrained']`'s pretraining run."""
+    unknown = set(lms) - set(LM_STARTS)
+    if unknown: raise ValueError(f"no pretraining of LMs {sorted(unknown)} in LM_STARTS: {sorted(LM_STARTS)}")
+    for name, path in lms.items():
+        if latest_checkpoint(path) is None: pretrain_lm(dataclasses.replace(cfg, **LM_STARTS[name], out_dir=path))
     return load_lm(lms['pretrained'])[2]
 
 def lm_arms(names: list[str], lms: dict[str, str]) -> dict[str, dict]:
@@ -287,7 +305,9 @@ LESSONS = {
     'tower': ['blind', 'pixel shuffle (base)', 'random tower', 'softmax tower'],
     'LM × tower': ['LM pretrained, tower trained', 'LM pretrained, tower random', 'LM random, tower trained',
                    'LM random, tower random'],
-    'fusion × mode, pretrained LM': ['prefix, both frozen', 'prefix, both LoRA', 'LM pretrained, tower trained'],
+    'fusion × mode, pretrained LM': ['prefix, both frozen', 'cross-attn, both frozen', 'prefix, both LoRA',
+                                     'cross-attn, both LoRA', 'LM pretrained, tower trained', 'cross-attn, both full'],
+    'LM text': ['LM pretrained, tower trained', 'LM read held-out pairs, tower trained'],
 }
 
 def train_seconds(rows: list[dict], arm: str) -> float:
