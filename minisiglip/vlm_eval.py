@@ -155,7 +155,7 @@ VLM_DEMO_OTHER_PROGRAM = 500   # test scenes per split also drawn by PIL, scored
 VLM_DEMO_LR_SCALE = 2.         # the demo trains at VLM_DEMO_TRAIN's rates times this: 08c_vlm_robustness, *The demo*
 
 def scale_rates(cfg: VLMTrainConfig, scale: float) -> VLMTrainConfig:
-    "`cfg` with its three learning rates (the LM's, the connector's and the tower's) times `scale`: one knob to bracket."
+    "`cfg` with its three learning rates (the LM's, the connector's, the tower's) times `scale`: one knob to bracket."
     return dataclasses.replace(cfg, lr=cfg.lr * scale, connector_lr=cfg.connector_lr * scale,
                                vision_lr=cfg.vision_lr * scale)
 VLM_DEMO_LM = LMTrainConfig()  # the text pretraining of the LM the demo starts from (sizes: lm_config_for)

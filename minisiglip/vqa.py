@@ -276,5 +276,6 @@ def text_corpus(n_scenes: int, seed: int = 0, held_out_text: bool = False, phras
     for _ in range(n_scenes):
         scene = _sample_scene(rng, 3, pairs)
         lines += [caption_scene(scene, rng), f'{DESCRIBE} {describe_scene(scene)}']
-        lines += [f'{ask(family, qa[0])} {qa[1]}' for family in FAMILIES if (qa := ASK[family](scene, rng, None, pairs))]
+        lines += [f'{ask(family, qa[0])} {qa[1]}' for family in FAMILIES
+                  if (qa := ASK[family](scene, rng, None, pairs))]
     return lines
