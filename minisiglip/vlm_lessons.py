@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import multiprocessing
+import textwrap
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -344,7 +345,7 @@ def plot_lesson(rows: list[dict], arms: list[str], title: str = '', ax=None):
             if not v: continue
             ax.bar(i + dx, sum(v) / len(v), 0.4, color=colour, alpha=0.5, label=split if i == 0 else None)
             ax.plot([i + dx] * len(v), v, 'k.', ms=4)
-    ax.set_xticks(range(len(arms)), [a.replace(' ', '\n', 1) for a in arms], fontsize=7)
+    ax.set_xticks(range(len(arms)), [textwrap.fill(a, 14) for a in arms], fontsize=7)   # long names: several lines
     ax.set_ylabel('test accuracy (%)'); ax.set_ylim(0, 100); ax.set_title(title, fontsize=9); ax.legend(fontsize=7)
     return ax
 
