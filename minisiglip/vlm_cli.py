@@ -12,7 +12,7 @@ import torch
 from .data import Tokenizer, read_image
 from .checkpoint import latest_checkpoint
 from .vlm import VLM, VLMConfig, CONNECTORS, FUSIONS, MODES
-from .vqa import encode_question, make_vqa
+from .vqa import encode_question
 from .vlm_train import (VLMTrainConfig, VLM_PRECISIONS, TASKS, LMTrainConfig, train_vlm, load_vlm,
                                   pretrain_lm, train_stages)
 from .vlm_eval import (answer, evaluate_vlm, vqa_table, vlm_demo, vlm_report, EVAL_SPLITS, VLM_DEMO,
@@ -20,8 +20,8 @@ from .vlm_eval import (answer, evaluate_vlm, vqa_table, vlm_demo, vlm_report, EV
                                  VLM_DEMO_LM, VLM_DEMO_PHRASINGS, VLM_DEMO_AUGMENT, VLM_DEMO_OTHER_PROGRAM,
                                  VLM_DEMO_LR_SCALE, scale_rates)
 from .vlm_robust import (caption_report, evaluate_captions, evaluate_phrasings, phrasing_table,
-                                   phrasing_gaps, starts_right, gap_table, evaluate_other_program,
-                                   other_program_table)
+                                   phrasing_answers, phrasing_accuracy, phrasing_gaps, starts_right, gap_table,
+                                   evaluate_other_program, other_program_table)
 from .vqa import DESCRIBE
 from .demo import DEMO_PRECISION
 
@@ -131,11 +131,11 @@ def demo_captions(model: VLM, tok: Tokenizer, n_images: int, seed: int) -> dict 
     return evaluate_captions(model, tok, n_images, seed) if all(w in tok.stoi for w in DESCRIBE.split()) else None
 
 def demo_phrasings(model: VLM, tok: Tokenizer, n_images: int, seed: int) -> dict:
-    """`evaluate_phrasings`' accuracies, the held-out phrasings' `phrasing_gaps` against the templates, and how their
-    wrong answers go wrong (`starts_right`)."""
-    held_out = make_vqa(n_images, 'seen', seed=seed, image_size=model.vision.image_size, phrasing='held_out')
-    return {'accuracy': evaluate_phrasings(model, tok, n_images, seed),
-            'gaps': phrasing_gaps(model, tok, n_images, seed), 'held_out': starts_right(model, tok, held_out)}
+    """The phrasings' accuracies, the held-out phrasings' `phrasing_gaps` against the templates, and how their wrong
+    answers go wrong (`starts_right`), from one `phrasing_answers`."""
+    answers = phrasing_answers(model, tok, n_images, seed)
+    return {'accuracy': phrasing_accuracy(answers), 'gaps': phrasing_gaps(answers),
+            'held_out': starts_right(*answers['held_out'])}
 
 def demo_evaluations(other_program: int = 0, phrasings: bool = False) -> dict[str, Callable]:
     """What `vlm demo` evaluates beside the questions (`vlm_demo`'s `evaluations`), each under its key of

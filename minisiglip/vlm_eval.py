@@ -24,10 +24,10 @@ from .vlm_train import VLMTrainConfig, LMTrainConfig, train_vlm, train_stages, p
 
 # %% auto #0
 __all__ = ['EVAL_SPLITS', 'VLM_DEMO_V1', 'VLM_DEMO_V1_TRAIN', 'VLM_DEMO', 'VLM_DEMO_TRAIN', 'BLIND_STEPS', 'VLM_DEMO_STAGES',
-           'VLM_DEMO_CAPTION_STEPS', 'VLM_DEMO_CAPTIONS', 'VLM_DEMO_PHRASINGS', 'VLM_DEMO_AUGMENT',
-           'VLM_DEMO_OTHER_PROGRAM', 'VLM_DEMO_LR_SCALE', 'VLM_DEMO_LM', 'answer_room', 'answer', 'longest_answer',
-           'greedy_answers', 'right_answers', 'family_accuracy', 'vqa_accuracy', 'evaluation_sets', 'evaluate_vlm',
-           'vqa_table', 'plot_answers', 'scale_rates', 'lm_config_for', 'vlm_demo', 'vlm_report', 'attention_weights',
+           'VLM_DEMO_CAPTION_STEPS', 'VLM_DEMO_CAPTIONS', 'VLM_DEMO_LM', 'VLM_DEMO_OTHER_PROGRAM', 'VLM_DEMO_PHRASINGS',
+           'VLM_DEMO_AUGMENT', 'VLM_DEMO_LR_SCALE', 'answer_room', 'answer', 'longest_answer', 'greedy_answers',
+           'right_answers', 'family_accuracy', 'vqa_accuracy', 'evaluation_sets', 'evaluate_vlm', 'vqa_table',
+           'plot_answers', 'scale_rates', 'lm_config_for', 'vlm_demo', 'vlm_report', 'attention_weights',
            'answer_attention', 'relation_outcomes', 'apply_overrides', 'run_arm']
 
 # %% ../nbs/08_vlm_eval.ipynb #f7f91c43
@@ -149,16 +149,17 @@ VLM_DEMO_TRAIN = dataclasses.replace(VLM_DEMO_V1_TRAIN, schedule='wsd')
 BLIND_STEPS = 300   # the blind model only learns the answer prior: its loss stops falling within a few hundred steps
 VLM_DEMO_STAGES, VLM_DEMO_CAPTION_STEPS = 2, 150   # LLaVA's two stages: 08b_vlm_recipes, *Two stages*
 VLM_DEMO_CAPTIONS = 0.2        # a description asked about a fifth of stage 2's images: the VLM keeps describing
-VLM_DEMO_PHRASINGS = True      # questions (and the LM's text) in several phrasings: 08c_vlm_robustness, *The demo*
-VLM_DEMO_AUGMENT = 0.25        # this fraction of stage 2's images drawn jittered: 08c_vlm_robustness, *The demo*
+VLM_DEMO_LM = LMTrainConfig()  # the text pretraining of the LM the demo starts from (sizes: lm_config_for)
 VLM_DEMO_OTHER_PROGRAM = 500   # test scenes per split also drawn by PIL, scored beside ours (08c_vlm_robustness)
-VLM_DEMO_LR_SCALE = 2.         # the demo trains at VLM_DEMO_TRAIN's rates times this: 08c_vlm_robustness, *The demo*
+# Chosen on dev scenes in 08b_vlm_recipes, *The demo's defaults*:
+VLM_DEMO_PHRASINGS = True      # questions (and the LM's text) in several phrasings
+VLM_DEMO_AUGMENT = 0.25        # this fraction of the training pictures drawn jittered
+VLM_DEMO_LR_SCALE = 2.         # the demo trains at VLM_DEMO_TRAIN's three learning rates times this
 
 def scale_rates(cfg: VLMTrainConfig, scale: float) -> VLMTrainConfig:
     "`cfg` with its three learning rates (the LM's, the connector's, the tower's) times `scale`: one knob to bracket."
     return dataclasses.replace(cfg, lr=cfg.lr * scale, connector_lr=cfg.connector_lr * scale,
                                vision_lr=cfg.vision_lr * scale)
-VLM_DEMO_LM = LMTrainConfig()  # the text pretraining of the LM the demo starts from (sizes: lm_config_for)
 
 def lm_config_for(vlm_cfg: VLMConfig, siglip: str | Path, lm_cfg: LMTrainConfig = VLM_DEMO_LM,
                   **fields) -> LMTrainConfig:

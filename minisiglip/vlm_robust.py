@@ -25,9 +25,9 @@ from .vlm_eval import (answer, evaluation_sets, vqa_accuracy, right_answers, gre
 # %% auto #0
 __all__ = ['OTHER_BACKGROUND', 'draw_scene', 'redraw', 'paired_gap', 'paired_gaps', 'within', 'gap_table', 'other_program_sets',
            'evaluate_other_program', 'other_program_table', 'augment_comparison', 'comparison_table',
-           'evaluate_phrasings', 'phrasing_table', 'phrasing_gaps', 'starts_right', 'token_f1', 'caption_metrics',
-           'evaluate_captions', 'caption_report', 'cached_rows', 'repeat_grad_changes', 'rows_by_indexing',
-           'run_spread']
+           'phrasing_answers', 'matches', 'phrasing_accuracy', 'evaluate_phrasings', 'phrasing_table', 'phrasing_gaps',
+           'starts_right', 'token_f1', 'caption_metrics', 'evaluate_captions', 'caption_report', 'cached_rows',
+           'repeat_grad_changes', 'rows_by_indexing', 'run_spread']
 
 # %% ../nbs/08c_vlm_robustness.ipynb #dc04704e
 OTHER_BACKGROUND = (0.17, 0.15, 0.13)   # a warmer, lighter dark grey than ours (0.1, 0.1, 0.1)
@@ -175,13 +175,27 @@ def comparison_table(comparison: dict, split: str = 'seen') -> str:
     return '\n'.join([f'| family ({split}) | {head} |', '|---|' + '---|' * 3 * len(arms), *rows])
 
 # %% ../nbs/08c_vlm_robustness.ipynb #24cf2add
-def evaluate_phrasings(model: VLM, tok: Tokenizer, n_images: int = 500, seed: int = 0) -> dict[str, dict[str, float]]:
-    """`vqa_accuracy` on the questions of `n_images` fresh `seen` scenes of `seed` in each of `PHRASING_SETS` whose
-    words `tok` knows: the same questions and answers, only the words differ."""
+def phrasing_answers(model: VLM, tok: Tokenizer, n_images: int = 500,
+                     seed: int = 0) -> dict[str, tuple[VQASet, list[str]]]:
+    """The questions of `n_images` fresh `seen` scenes of `seed` in each of `PHRASING_SETS` whose words `tok` knows
+    (the same questions and answers, only the words differ), each set with its greedy answers, decoded once for every
+    score below."""
     sets = {which: make_vqa(n_images, 'seen', seed=seed, image_size=model.vision.image_size, phrasing=which)
             for which in PHRASING_SETS}
-    return {which: vqa_accuracy(model, tok, data) for which, data in sets.items()
+    return {which: (data, greedy_answers(model, tok, data)) for which, data in sets.items()
             if all(w in tok.stoi for q in data.questions for w in split_words(q))}
+
+def matches(data: VQASet, preds: list[str]) -> list[bool]:
+    "Whether each answer in `preds` is its question's whole answer in `data`."
+    return [p == a for p, a in zip(preds, data.answers)]
+
+def phrasing_accuracy(answers: dict[str, tuple[VQASet, list[str]]]) -> dict[str, dict[str, float]]:
+    "Accuracy per family of each phrasing set of `phrasing_answers`."
+    return {which: family_accuracy(matches(data, preds), data.families) for which, (data, preds) in answers.items()}
+
+def evaluate_phrasings(model: VLM, tok: Tokenizer, n_images: int = 500, seed: int = 0) -> dict[str, dict[str, float]]:
+    "`phrasing_accuracy` of `phrasing_answers`: accuracy per family in each phrasing set the run knows the words of."
+    return phrasing_accuracy(phrasing_answers(model, tok, n_images, seed))
 
 def phrasing_table(metrics: dict[str, dict[str, float]]) -> str:
     "A Markdown table of `evaluate_phrasings`'s accuracies: a row per family, a column per phrasing set."
@@ -190,17 +204,15 @@ def phrasing_table(metrics: dict[str, dict[str, float]]) -> str:
             for f in next(iter(metrics.values()))]
     return '\n'.join([f'| family (seen) | {head} |', '|---' * (len(metrics) + 1) + '|', *rows])
 
-def phrasing_gaps(model: VLM, tok: Tokenizer, n_images: int = 500, seed: int = 0) -> dict[str, list[float]]:
-    """`paired_gaps` of the held-out phrasings against the templates: the same questions about the same `n_images`
-    fresh `seen` scenes of `seed` in both, only the words differ (a demo with phrasings aims for within 10 points)."""
-    template, held_out = (make_vqa(n_images, 'seen', seed=seed, image_size=model.vision.image_size, phrasing=which)
-                          for which in ('template', 'held_out'))
-    return paired_gaps(right_answers(model, tok, template), right_answers(model, tok, held_out), template.families)
+def phrasing_gaps(answers: dict[str, tuple[VQASet, list[str]]]) -> dict[str, list[float]]:
+    """`paired_gaps` of the held-out phrasings against the templates in `phrasing_answers`: the same questions about
+    the same scenes, only the words differ (a demo with phrasings aims for within 10 points)."""
+    (template, t_preds), (held_out, h_preds) = answers['template'], answers['held_out']
+    return paired_gaps(matches(template, t_preds), matches(held_out, h_preds), template.families)
 
-def starts_right(model: VLM, tok: Tokenizer, data: VQASet) -> dict[str, float]:
-    """Per family, the share of greedy answers that begin with the whole right answer, and the share that are empty:
-    beside exact match, whether a wrong answer knew its content and only failed to stop, or gave up at once."""
-    preds = greedy_answers(model, tok, data)
+def starts_right(data: VQASet, preds: list[str]) -> dict[str, float]:
+    """Per family, the share of answers in `preds` that begin with the whole right answer, and the share that are
+    empty: beside exact match, whether a wrong answer knew its content and only failed to stop, or gave up at once."""
     begins = [p.split()[:len(a.split())] == a.split() for p, a in zip(preds, data.answers)]
     return {'starts_right': family_accuracy(begins, data.families),
             'empty': family_accuracy([not p for p in preds], data.families)}
