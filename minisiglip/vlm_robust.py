@@ -17,17 +17,18 @@ from torch import Tensor
 from .data import RGB, Tokenizer, read_image, split_words
 from .vlm import VLM
 from .model import KVCache
-from .vqa import VQASet, TEST_SCENES, FAMILIES, make_vqa, caption_set, PHRASING_SETS
+from .vqa import VQASet, TEST_SCENES, FAMILIES, make_vqa, caption_set, rephrase, PHRASING_SETS, PHRASINGS
 from .vlm_train import jitter_colour, train_vlm
 from .vlm_eval import (answer, evaluation_sets, vqa_accuracy, right_answers, greedy_answers, family_accuracy,
-                                 VLM_DEMO, VLM_DEMO_TRAIN)
+                                 longest_answer, VLM_DEMO, VLM_DEMO_TRAIN)
 
 # %% auto #0
-__all__ = ['OTHER_BACKGROUND', 'draw_scene', 'redraw', 'paired_gap', 'paired_gaps', 'within', 'gap_table', 'other_program_sets',
-           'evaluate_other_program', 'other_program_table', 'augment_comparison', 'comparison_table',
-           'phrasing_answers', 'matches', 'phrasing_accuracy', 'evaluate_phrasings', 'phrasing_table', 'phrasing_gaps',
-           'starts_right', 'token_f1', 'caption_metrics', 'evaluate_captions', 'caption_report', 'cached_rows',
-           'repeat_grad_changes', 'rows_by_indexing', 'run_spread']
+__all__ = ['OTHER_BACKGROUND', 'PHRASING_EDITS', 'draw_scene', 'redraw', 'paired_gap', 'paired_gaps', 'within', 'gap_table',
+           'other_program_sets', 'evaluate_other_program', 'other_program_table', 'augment_comparison',
+           'comparison_table', 'phrasing_answers', 'matches', 'phrasing_accuracy', 'evaluate_phrasings',
+           'phrasing_table', 'phrasing_gaps', 'starts_right', 'without_phrasings', 'token_f1', 'caption_metrics',
+           'evaluate_captions', 'caption_report', 'slot_shift_accuracy', 'cached_rows', 'repeat_grad_changes',
+           'rows_by_indexing', 'run_spread']
 
 # %% ../nbs/08c_vlm_robustness.ipynb #dc04704e
 OTHER_BACKGROUND = (0.17, 0.15, 0.13)   # a warmer, lighter dark grey than ours (0.1, 0.1, 0.1)
@@ -217,6 +218,27 @@ def starts_right(data: VQASet, preds: list[str]) -> dict[str, float]:
     return {'starts_right': family_accuracy(begins, data.families),
             'empty': family_accuracy([not p for p in preds], data.families)}
 
+# %% ../nbs/08c_vlm_robustness.ipynb #79779f06
+PHRASING_EDITS = {   # per family, the change of its held-out form that no other training form of its own has
+    'colour': ('the {shape} is what colour',),          # inverted, as "the … is where"; "object" is in another form
+    'count': ('how many are on the picture',),          # "objects" dropped; the rest is a training form
+    'relation': ('what is there {rel} the {name}',)}    # "there" after "is"; "what object is" is in another form
+
+@contextmanager
+def without_phrasings(forms: dict[str, tuple[str, ...]] = PHRASING_EDITS):
+    """Inside it, each family of `forms` trains without those of its `PHRASINGS` (which `make_vqa(phrasing='train')`
+    and `text_corpus(phrasings=True)` read): a run as it was before they were added. The template stays (a form that
+    is not a training form, or is the template, is refused); so does the vocabulary where the forms bring no word of
+    their own, as `PHRASING_EDITS`'s do (checked in 08c)."""
+    for family, fewer in forms.items():
+        if bad := [f for f in fewer if f not in PHRASINGS[family][1:]]:
+            raise ValueError(f"not a training form of {family!r} other than its template: {bad}")
+    before = dict(PHRASINGS)
+    PHRASINGS.update({family: tuple(f for f in PHRASINGS[family] if f not in fewer)
+                      for family, fewer in forms.items()})
+    try: yield
+    finally: PHRASINGS.clear(); PHRASINGS.update(before)
+
 # %% ../nbs/08c_vlm_robustness.ipynb #042685b2
 def token_f1(pred: str, truth: str) -> float:
     "F1 of the words `pred` and `truth` share, counted as multisets: partial credit for a partly right caption."
@@ -243,6 +265,20 @@ def caption_report(metrics: dict[str, dict[str, float]]) -> str:
     "One line of `evaluate_captions`'s numbers."
     return 'captions: ' + '; '.join(f"{split} token F1 {m['token_f1']:.3f}, exact match {100 * m['exact']:.1f}%"
                                     for split, m in metrics.items())
+
+# %% ../nbs/08c_vlm_robustness.ipynb #b49675da
+def slot_shift_accuracy(model: VLM, tok: Tokenizer, family: str, forms: Sequence[str],
+                        shifts: Sequence[int] = (0, 1, 2, 3), n_images: int = 300, seed: int = 0,
+                        filler: str = 'the') -> dict[str, list[float]]:
+    """Per form of `family`, the accuracy on its questions about `n_images` fresh `seen` scenes of `seed` with
+    `filler` written `k` times before each question, for each `k` in `shifts`: a form moved `k` positions later."""
+    data = make_vqa(n_images, 'seen', seed=seed, image_size=model.vision.image_size, families=(family,))
+    images, n_new = data.images[data.image], longest_answer(tok, data)
+    def accuracy(questions: list[str]) -> float:
+        preds = answer(model, tok, questions, images=images, max_new_tokens=n_new)
+        return sum(p == a for p, a in zip(preds, data.answers)) / len(preds)
+    return {form: [accuracy([' '.join([filler] * k + [rephrase(q, family, form)]) for q in data.questions])
+                   for k in shifts] for form in forms}
 
 # %% ../nbs/08c_vlm_robustness.ipynb #a5bc2344
 def cached_rows(x: Tensor, index: Tensor) -> Tensor:

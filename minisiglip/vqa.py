@@ -126,13 +126,16 @@ ASK: dict[str, Callable] = {'existence': ask_existence, 'colour': ask_colour, 's
 # %% ../nbs/07a_vqa.ipynb #1c34cf7f
 PHRASINGS = {   # per family: the template (what ask_* write), then the other forms a run with phrasings trains on
     'existence': ('is there a {name}', 'is a {name} there', 'is there a {name} object'),
-    'colour': ('what colour is the {shape}', 'what is the colour of the {shape}', 'what colour is the {shape} object'),
+    'colour': ('what colour is the {shape}', 'what is the colour of the {shape}', 'what colour is the {shape} object',
+               'the {shape} is what colour'),
     'shape': ('what shape is the {colour} object', 'the {colour} object is what shape',
               'what shape is the {colour} one'),
-    'count': ('how many objects are there', 'how many objects', 'how many objects are on the picture'),
+    'count': ('how many objects are there', 'how many objects', 'how many objects are on the picture',
+              'how many are on the picture'),
     'position': ('where is the {name}', 'where is the {name} object', 'the {name} is where'),
-    'relation': ('what is {rel} the {name}', 'what object is {rel} the {name}', '{rel} the {name} is what')}
-HELD_OUT_PHRASINGS = {   # never trained: each family's question in a form the other families' phrasings suggest
+    'relation': ('what is {rel} the {name}', 'what object is {rel} the {name}', '{rel} the {name} is what',
+                 'what is there {rel} the {name}')}
+HELD_OUT_PHRASINGS = {   # never trained: two changes of the template at once, each alone a training form
     'existence': ('is a {name} object there',), 'colour': ('the {shape} object is what colour',),
     'shape': ('what is the shape of the {colour} object',), 'count': ('how many are there',),
     'position': ('the {name} object is where',), 'relation': ('what object is there {rel} the {name}',)}
