@@ -76,8 +76,9 @@ def redraw(data: VQASet, folder: str | Path, seed: int = 0, size: int = 128) -> 
 # %% ../nbs/08c_vlm_robustness.ipynb #c61a7a72
 def paired_gap(ours: Sequence[bool], theirs: Sequence[bool], z: float = 1.96) -> tuple[float, float, float]:
     """The accuracy of `theirs` minus that of `ours`, right/wrong on the same questions asked two ways, and its
-    interval (Agresti–Min: the Wald interval of a paired difference after adding 1/2 to each cell of the 2×2 table),
-    as (gap, low, high). Only the questions answered right one way and wrong the other move it."""
+    interval (Agresti–Min: the Wald interval of a paired difference after adding 1/2 to each cell of the 2×2 table,
+    cut to [-1, 1], where a difference of two accuracies lies), as (gap, low, high). Only the questions answered right
+    one way and wrong the other move it."""
     if len(ours) != len(theirs) or not ours:
         raise ValueError(f"a paired gap needs the same questions both ways, got {len(ours)} and {len(theirs)}")
     gained = sum(t and not o for o, t in zip(ours, theirs))
@@ -86,7 +87,7 @@ def paired_gap(ours: Sequence[bool], theirs: Sequence[bool], z: float = 1.96) ->
     p_gained, p_lost = (gained + .5) / m, (lost + .5) / m
     centre = p_gained - p_lost
     half = z * math.sqrt((p_gained + p_lost - centre ** 2) / m)
-    return (gained - lost) / len(ours), centre - half, centre + half
+    return (gained - lost) / len(ours), max(-1., centre - half), min(1., centre + half)
 
 def paired_gaps(ours: Sequence[bool], theirs: Sequence[bool], families: Sequence[str]) -> dict[str, list[float]]:
     "`paired_gap` for each family present (in `FAMILIES`' order) and `overall`, as [gap, low, high]."
