@@ -23,12 +23,12 @@ from .vlm_eval import (answer, evaluation_sets, vqa_accuracy, right_answers, gre
                                  longest_answer, VLM_DEMO, VLM_DEMO_TRAIN)
 
 # %% auto #0
-__all__ = ['OTHER_BACKGROUND', 'PHRASING_EDITS', 'draw_scene', 'redraw', 'paired_gap', 'paired_gaps', 'within', 'gap_table',
-           'other_program_sets', 'evaluate_other_program', 'other_program_table', 'augment_comparison',
-           'comparison_table', 'phrasing_answers', 'matches', 'phrasing_accuracy', 'evaluate_phrasings',
-           'phrasing_table', 'phrasing_gaps', 'starts_right', 'without_phrasings', 'token_f1', 'caption_metrics',
-           'evaluate_captions', 'caption_report', 'slot_shift_accuracy', 'cached_rows', 'repeat_grad_changes',
-           'rows_by_indexing', 'run_spread']
+__all__ = ['OTHER_BACKGROUND', 'PHRASING_EDITS', 'draw_scene', 'redraw', 'paired_gap', 'paired_gaps', 'within', 'signed_points',
+           'gap_text', 'gap_table', 'other_program_sets', 'evaluate_other_program', 'other_program_table',
+           'augment_comparison', 'comparison_table', 'phrasing_answers', 'matches', 'phrasing_accuracy',
+           'evaluate_phrasings', 'phrasing_table', 'phrasing_gaps', 'starts_right', 'without_phrasings', 'token_f1',
+           'caption_metrics', 'evaluate_captions', 'caption_report', 'slot_shift_accuracy', 'cached_rows',
+           'repeat_grad_changes', 'rows_by_indexing', 'run_spread']
 
 # %% ../nbs/08c_vlm_robustness.ipynb #dc04704e
 OTHER_BACKGROUND = (0.17, 0.15, 0.13)   # a warmer, lighter dark grey than ours (0.1, 0.1, 0.1)
@@ -101,9 +101,17 @@ def within(gap: Sequence[float], points: float) -> str:
     if -points / 100 <= low and high <= points / 100: return 'within'
     return 'outside' if high < -points / 100 or low > points / 100 else 'cannot tell'
 
+def signed_points(x: float) -> str:
+    "A fraction as signed points with one decimal, never '-0.0': -0.048 -> '-4.8'."
+    return f'{round(100 * x, 1) + 0.:+.1f}'                            # + 0.: a rounded -0.0 becomes 0.0
+
+def gap_text(gap: Sequence[float], unit: str = '') -> str:
+    "A `paired_gap` [gap, low, high] as prose: '-4.8 (-6.2 to -3.3)', `unit` after the gap (' points')."
+    return f'{signed_points(gap[0])}{unit} ({signed_points(gap[1])} to {signed_points(gap[2])})'
+
 def gap_table(gaps: dict[str, Sequence[float]], points: float, title: str = 'family') -> str:
     "Markdown: per family of `paired_gaps`, the gap and its interval in points, and `within` `points` or not."
-    pts = lambda x: f'{100 * x + 0.:+.1f}'                               # + 0.: no '-0.0'
+    pts = signed_points
     rows = [f'| {f} | {pts(g[0])} | {pts(g[1])} to {pts(g[2])} | {within(g, points)} |' for f, g in gaps.items()]
     return '\n'.join([f'| {title} | gap (points) | 95% interval | within {points:g} points? |', '|---|---|---|---|',
                       *rows])
@@ -137,9 +145,8 @@ def other_program_table(metrics: dict, split: str = 'seen', points: float = 5) -
     """A Markdown table per family of `split`: accuracy on our scenes and on another program's, the gap in points
     with its paired 95% interval, and whether it lies `within` `points`."""
     ours, theirs, gaps = metrics['builtin'][split], metrics['other_program'][split], metrics['gaps'][split]
-    pts = lambda x: f'{100 * x + 0.:+.1f}'
-    rows = [f'| {f} | {100 * ours[f]:.1f}% | {100 * theirs[f]:.1f}% | {pts(gaps[f][0])} '
-            f'({pts(gaps[f][1])} to {pts(gaps[f][2])}) | {within(gaps[f], points)} |' for f in ours]
+    rows = [f'| {f} | {100 * ours[f]:.1f}% | {100 * theirs[f]:.1f}% | {gap_text(gaps[f])} | '
+            f'{within(gaps[f], points)} |' for f in ours]
     return '\n'.join([f'| family ({split}) | built-in scenes | drawn by PIL | gap, points (95% interval) | '
                       f'within {points:g}? |', '|---|---|---|---|---|', *rows])
 
